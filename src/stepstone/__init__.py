@@ -1,0 +1,58 @@
+"""stepstone: background jobs that are safe to retry.
+
+Each step of a job has its result checkpointed in a database (SQLite by default,
+PostgreSQL to scale out), so a retried, resumed or re-run job skips what already
+finished and never calls an external service twice for the same work.
+"""
+
+from __future__ import annotations
+
+from .app import App
+from .context import Current, current
+from .errors import (
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    KeyConflict,
+    LeaseLost,
+    NonDeterminism,
+    Permanent,
+    SerializationError,
+    StepstoneError,
+    StoreError,
+    UnknownJob,
+    WaitTimeout,
+)
+from .handle import AttemptError, JobHandle, StepRecord
+from .job import JobDefinition
+from .retry import Retry
+from .step import StepDefinition
+from .store.base import JobState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AttemptError",
+    "Current",
+    "JobCancelled",
+    "JobDefinition",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobState",
+    "KeyConflict",
+    "LeaseLost",
+    "NonDeterminism",
+    "Permanent",
+    "Retry",
+    "SerializationError",
+    "StepDefinition",
+    "StepRecord",
+    "StepstoneError",
+    "StoreError",
+    "UnknownJob",
+    "WaitTimeout",
+    "__version__",
+    "current",
+]

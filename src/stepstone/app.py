@@ -1,0 +1,480 @@
+"""``App``: the registry of jobs and steps, plus the store they run against."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from .clock import Clock, SystemClock
+from .errors import JobNotFound, KeyConflict, StepstoneError, UnknownJob
+from .handle import JobHandle
+from .job import DEFAULT_QUEUE, JobDefinition
+from .lease import LeaseKeeper
+from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
+from .step import StepDefinition
+from .store import Store, open_store
+from .store.base import JobRecord, JobState, NewJob
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///stepstone.db"
+_OPTIONS = {"clock", "poll_interval", "shutdown_grace", "busy_timeout", "store"}
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def new_job_id() -> str:
+    """A UUID (version 7 layout): time-ordered, so new rows land at the end of the index."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis << 80) | secrets.randbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+class App:
+    """Jobs and steps, and the database that checkpoints them.
+
+    ``url`` is ``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://...``; None
+    reads ``$STEPSTONE_DATABASE_URL``, else ``sqlite:///stepstone.db``. ``lease`` is how
+    long (seconds or a ``timedelta``) a worker's claim lasts without a heartbeat.
+    ``durability="full"`` fsyncs every checkpoint too. Options: ``clock`` (tests),
+    ``poll_interval`` (seconds between idle polls), ``shutdown_grace`` (seconds a stopping
+    worker waits for running steps), ``busy_timeout`` (SQLite).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        lease: float | timedelta = 30.0,
+        durability: str = "normal",
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise TypeError(f"App() got unknown options {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.url = url or os.environ.get("STEPSTONE_DATABASE_URL") or DEFAULT_URL
+        self.lease = _seconds(lease)
+        if self.lease <= 0:
+            raise ValueError("lease must be positive")
+        self.durability = durability
+        self.clock: Clock = options.get("clock") or SystemClock()
+        self.poll_interval = float(options.get("poll_interval", 0.05))
+        self.shutdown_grace = float(options.get("shutdown_grace", 30.0))
+        self._store_options = {"durability": durability}
+        if "busy_timeout" in options:
+            self._store_options["busy_timeout"] = options["busy_timeout"]
+        self._store: Store | None = options.get("store")
+        self._store_lock = threading.Lock()
+        self.jobs: dict[str, JobDefinition[Any, Any]] = {}
+        self.steps: dict[str, StepDefinition[Any, Any]] = {}
+        self._functions: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._lease_keeper = LeaseKeeper(self)
+        self._finished = threading.Condition()
+        self._workers: set[Worker] = set()
+
+    def __repr__(self) -> str:
+        return f"<stepstone.App {self.url} jobs={len(self.jobs)}>"
+
+    # the store --------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """The store, opened (and migrated) on first use."""
+        store = self._store
+        if store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = open_store(self.url, **self._store_options)
+                store = self._store
+        return store
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        if self._store is not None:
+            self._store.close()
+
+    async def _call_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call a blocking store operation from async code."""
+        if self.store.inline_calls:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    # declaring jobs and steps -----------------------------------------------------------
+    @overload
+    def job(self, fn: Callable[P, R], /) -> JobDefinition[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+        priority: int = 0,
+        concurrency: Any = None,
+        cron: str | None = None,
+    ) -> Callable[[Callable[P, R]], JobDefinition[P, R]]: ...
+
+    def job(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+        priority: int = 0,
+        concurrency: Any = None,
+        cron: str | None = None,
+    ) -> JobDefinition[P, R] | Callable[[Callable[P, R]], JobDefinition[P, R]]:
+        """Declare a job. ``@app.job`` or ``@app.job(name=, queue=, retry=, priority=)``."""
+        for option, value in (("timeout", timeout), ("concurrency", concurrency), ("cron", cron)):
+            if value is not None:
+                raise StepstoneError(
+                    f"@app.job({option}=...) is not supported by this version of stepstone"
+                )
+
+        def register(function: Callable[P, R]) -> JobDefinition[P, R]:
+            job_name = name or f"{function.__module__}.{function.__qualname__}"
+            if name is None and function.__module__ == "__main__":
+                warnings.warn(
+                    f"job {function.__qualname__} is defined in __main__ without name=; a "
+                    "worker that imports your module will know it by another name. Pass "
+                    "@app.job(name=...).",
+                    stacklevel=3,
+                )
+            definition = JobDefinition(
+                self,
+                function,
+                name=job_name,
+                queue=queue,
+                retry=retry or DEFAULT_JOB_RETRY,
+                priority=priority,
+                timeout=timeout,
+            )
+            self.jobs[job_name] = definition
+            self._functions[function] = definition
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: Callable[P, R], /) -> StepDefinition[P, R]: ...
+
+    @overload
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        key: Any = None,
+        timeout: float | timedelta | None = None,
+    ) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
+
+    def step(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        key: Any = None,
+        timeout: float | timedelta | None = None,
+    ) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
+        """Declare a step. ``@app.step`` or ``@app.step(name=, retry=)``."""
+        for option, value in (("key", key), ("timeout", timeout)):
+            if value is not None:
+                raise StepstoneError(
+                    f"@app.step({option}=...) is not supported by this version of stepstone"
+                )
+
+        def register(function: Callable[P, R]) -> StepDefinition[P, R]:
+            step_name = name or function.__name__
+            definition = StepDefinition(
+                self, function, name=step_name, retry=retry or DEFAULT_STEP_RETRY
+            )
+            self.steps[step_name] = definition
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    def _definition(self, job: Any) -> JobDefinition[Any, Any]:
+        if isinstance(job, JobDefinition):
+            found = self.jobs.get(job.name)
+            if found is None:
+                raise UnknownJob(
+                    f"job {job.name} is declared on another App, not on this one ({self.url})"
+                )
+            return found
+        if isinstance(job, str):
+            found = self.jobs.get(job)
+            if found is None:
+                raise UnknownJob(
+                    f"no job named {job!r} is registered in this process; known jobs: "
+                    f"{sorted(self.jobs) or 'none'}. Import the module that declares it."
+                )
+            return found
+        if callable(job) and job in self._functions:
+            return self._functions[job]
+        label = getattr(job, "__qualname__", repr(job))
+        raise UnknownJob(
+            f"{label} is not a job of this App: decorate it with @app.job before enqueueing it"
+        )
+
+    # enqueueing -------------------------------------------------------------------------
+    def enqueue(
+        self,
+        job: Any,
+        *args: Any,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Durably enqueue a job; with ``key``, at most one job per key ever exists.
+
+        A second enqueue with the same key and the same arguments returns the first job;
+        with other arguments (or another job) it raises ``KeyConflict``.
+        """
+        definition = self._definition(job)
+        record = self._insert(
+            definition,
+            args,
+            kwargs,
+            key=key,
+            run_at=self._due(delay, run_at),
+            queue=queue,
+            priority=priority,
+        )
+        self._wake_workers()
+        return JobHandle(self, record.id, record.key)
+
+    def _due(self, delay: float | timedelta | None, run_at: datetime | float | None) -> float:
+        now = self.clock.now()
+        if delay is not None and run_at is not None:
+            raise ValueError("pass delay= or run_at=, not both")
+        if delay is not None:
+            return now + _seconds(delay)
+        if isinstance(run_at, datetime):
+            return run_at.timestamp()
+        if run_at is not None:
+            return float(run_at)
+        return now
+
+    def _insert(
+        self,
+        definition: JobDefinition[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: str | None,
+        run_at: float,
+        queue: str | None,
+        priority: int | None,
+        owner: str | None = None,
+    ) -> JobRecord:
+        encoded = definition.codec.encode(args, kwargs)
+        new = NewJob(
+            id=new_job_id(),
+            name=definition.name,
+            queue=queue or definition.queue,
+            key=key,
+            args=encoded,
+            priority=definition.priority if priority is None else priority,
+            run_at=run_at,
+        )
+        now = self.clock.now()
+        inserted = self.store.job_insert(
+            new, now=now, owner=owner, lease_until=now + self.lease
+        )
+        if not inserted.created:
+            existing = inserted.job
+            if existing.name != new.name or existing.args != new.args:
+                raise KeyConflict(
+                    f"key {key!r} is taken by job {existing.id} ({existing.name}) with "
+                    f"arguments {existing.args}; this call passed {new.name} with arguments "
+                    f"{new.args}. A key names one piece of work: use another key for other "
+                    "arguments."
+                )
+        return inserted.job
+
+    # running jobs -----------------------------------------------------------------------
+    def run(self, job: Any, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
+        """Run a job now in this process, durably, and return its result.
+
+        Checkpoints and retries (with their backoff) as a worker would. With a key whose job
+        already finished, returns (or raises) its stored outcome; with a key whose job is
+        running elsewhere, waits for it, and takes it over if that worker's lease expires.
+        Raises ``JobFailed`` when the job fails for good.
+        """
+        from .runner import execute_sync
+
+        definition = self._definition(job)
+        if definition.is_async:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                raise StepstoneError(
+                    f"app.run({definition.name}) was called inside a running event loop; "
+                    "enqueue the job and `await handle.result_async()` instead"
+                )
+        record = self._insert(
+            definition,
+            args,
+            kwargs,
+            key=key,
+            run_at=self.clock.now(),
+            queue=None,
+            priority=None,
+            owner=self.owner,
+        )
+        handle = JobHandle(self, record.id, record.key)
+        claimed = None
+        if record.lease_owner == self.owner and record.state == JobState.RUNNING:
+            claimed = self._claimed_from(record)
+        while True:
+            if claimed is not None:
+                if definition.is_async:
+                    from .runner import execute_async
+
+                    asyncio.run(execute_async(self, claimed))
+                else:
+                    execute_sync(self, claimed)
+                claimed = None
+            record = handle.record()
+            now = self.clock.now()
+            if record.state.finished:
+                return handle._outcome(record)
+            if record.state == JobState.QUEUED and record.run_at <= now:
+                claimed = self.store.job_claim(
+                    record.id, owner=self.owner, now=now, lease_until=now + self.lease
+                )
+                continue
+            if record.state == JobState.QUEUED:
+                self.clock.sleep(min(record.run_at - now, self.poll_interval * 10))
+                continue
+            if (
+                record.state == JobState.RUNNING
+                and record.lease_expires_at is not None
+                and record.lease_expires_at < now
+            ):
+                self.store.job_rescue_expired(now=now)
+                continue
+            self._wait_for_finish(min(self.poll_interval * 4, self.lease / 4))
+
+    def _claimed_from(self, record: JobRecord) -> Any:
+        from .store.base import ClaimedJob
+
+        return ClaimedJob(
+            id=record.id,
+            name=record.name,
+            queue=record.queue,
+            key=record.key,
+            args=record.args,
+            fence=record.fence,
+            attempt=record.attempts,
+            priority=record.priority,
+        )
+
+    def run_worker(
+        self,
+        concurrency: int = 8,
+        queues: list[str] | str | None = None,
+        until_idle: bool = False,
+    ) -> None:
+        """Run a worker in this thread until it is stopped (SIGTERM/SIGINT in the main
+        thread) or, with ``until_idle=True``, until no job runs and none is due."""
+        from .worker import Worker
+
+        Worker(self, concurrency=concurrency, queues=queues, until_idle=until_idle).run()
+
+    # operations -------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobHandle:
+        """The job with this id; ``JobNotFound`` if there is none."""
+        record = self.store.job_get(job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return JobHandle(self, record.id, record.key)
+
+    def get_job_by_key(self, key: str) -> JobHandle:
+        """The job with this key; ``JobNotFound`` if there is none."""
+        record = self.store.job_get_by_key(key)
+        if record is None:
+            raise JobNotFound(f"no job with key {key!r}")
+        return JobHandle(self, record.id, record.key)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job at once. A running job stops at its next step boundary (its running
+        step's checkpoint is refused). False if it had already finished."""
+        cancelled = self.store.job_cancel(job_id, now=self.clock.now())
+        if cancelled:
+            for run in self._lease_keeper.active():
+                if run.job_id == job_id:
+                    from .errors import JobCancelled
+
+                    run.interrupt = JobCancelled(f"job {job_id} was cancelled")
+            self._job_finished(job_id)
+        return cancelled
+
+    def retry(self, job_id: str) -> bool:
+        """Queue a failed or cancelled job again, due now, with a fresh attempt budget.
+
+        Its checkpoints up to its first stored step error are kept. False if the job is
+        not failed or cancelled.
+        """
+        requeued = self.store.job_requeue(job_id, now=self.clock.now())
+        if requeued:
+            self._wake_workers()
+        return requeued
+
+    def prune(self, older_than: float | timedelta) -> int:
+        """Delete jobs that finished more than ``older_than`` ago, with their history."""
+        before = self.clock.now() - _seconds(older_than)
+        total = 0
+        while True:
+            deleted = self.store.job_prune(finished_before=before)
+            total += deleted
+            if deleted == 0:
+                return total
+
+    # in-process notifications -----------------------------------------------------------
+    def _job_finished(self, job_id: str) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def _wait_for_finish(self, seconds: float) -> None:
+        with self._finished:
+            self._finished.wait(max(seconds, 0))
+
+    def _wake_workers(self) -> None:
+        for worker in list(self._workers):
+            worker.wake()
+
+
+__all__ = ["App", "new_job_id"]

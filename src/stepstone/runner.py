@@ -1,0 +1,360 @@
+"""Runs one attempt of one job: replays its history, checkpoints its steps, classifies the end.
+
+The job function runs again from the top on every attempt and every resume. Each step
+call takes the next position in the run's history (assigned at call time, so that
+``asyncio.gather`` over steps is deterministic); a position with a stored checkpoint
+returns the stored value (or raises the stored error) without running the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .context import JobLogger, current_run, logger
+from .errors import (
+    JobCancelled,
+    LeaseLost,
+    NonDeterminism,
+    SerializationError,
+    StoreError,
+)
+from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
+from .store.base import Checkpoint, ClaimedJob
+
+if TYPE_CHECKING:
+    from .app import App
+    from .job import JobDefinition
+    from .step import StepDefinition
+
+T = TypeVar("T")
+
+#: Interruptions that end a run without an outcome of its own.
+Interruption = LeaseLost | JobCancelled | StoreError
+
+
+class Released(BaseException):
+    """Control flow: the worker is shutting down; the job gives its lease back at this step."""
+
+
+class JobRun:
+    """The state of one attempt of one job in this process."""
+
+    def __init__(
+        self,
+        app: App,
+        claimed: ClaimedJob,
+        definition: JobDefinition[Any, Any],
+        history: list[Checkpoint],
+    ) -> None:
+        self.app = app
+        self.store = app.store
+        self.definition = definition
+        self.job_id = claimed.id
+        self.name = claimed.name
+        self.key = claimed.key
+        self.fence = claimed.fence
+        self.attempt = claimed.attempt
+        self.history = {checkpoint.seq: checkpoint for checkpoint in history}
+        self.position = 0
+        self.occurrences: dict[str, int] = {}
+        self.called: list[str] = []
+        self.interrupt: Interruption | None = None
+        self.stopping = False
+        self.replayed = 0
+        self.executed = 0
+        self.logger = JobLogger(
+            logger, {"job_id": self.job_id, "job": self.name, "attempt": self.attempt}
+        )
+
+    # step boundaries --------------------------------------------------------------------
+    def check(self) -> None:
+        """At a step boundary: stop here if the run lost its lease or the worker stops."""
+        if self.interrupt is not None:
+            raise type(self.interrupt)(str(self.interrupt))
+        if self.stopping:
+            raise Released
+
+    def assign(self, step_name: str) -> tuple[int, str]:
+        """Give a step call its position and identity, checking it against the history."""
+        occurrence = self.occurrences.get(step_name, 0)
+        self.occurrences[step_name] = occurrence + 1
+        ident = f"{step_name}#{occurrence}"
+        seq = self.position
+        self.position = seq + 1
+        stored = self.history.get(seq)
+        if stored is not None and stored.name != ident:
+            history = [self.history[i].name for i in sorted(self.history)]
+            raise NonDeterminism(
+                f"job {self.job_id} ({self.name}) called {ident} at position {seq}, but its "
+                f"stored history has {stored.name} there.\n  stored history: {history}\n  "
+                f"this run:       {[*self.called, ident]}\nThe job's code changed while the "
+                "job was in flight, or it chooses its steps from something other than its "
+                "arguments and step results (time, randomness, a global)."
+            )
+        self.called.append(ident)
+        return seq, ident
+
+    def replay(self, stored: Checkpoint, step: StepDefinition[Any, Any]) -> Any:
+        """The stored outcome of a step: its value, or its error raised again."""
+        self.replayed += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "step %s replayed from its checkpoint",
+                stored.name,
+                extra={"action": "step.replayed", "step": stored.name},
+            )
+        if stored.status == "ok":
+            return loads(stored.value, step.return_type)
+        raise error_from_record(json.loads(stored.value))
+
+    # writes -----------------------------------------------------------------------------
+    def checkpoint(self, seq: int, ident: str, status: str, value: str, attempts: int) -> None:
+        """Write a step's checkpoint; a refusal makes the run's interruption sticky."""
+        try:
+            self.store.checkpoint_insert(
+                self.job_id,
+                self.fence,
+                seq=seq,
+                name=ident,
+                status=status,
+                value=value,
+                attempts=attempts,
+                now=self.app.clock.now(),
+            )
+        except (LeaseLost, JobCancelled, StoreError) as exc:
+            self.interrupt = exc
+            raise
+        self.executed += 1
+
+    def record_step_error(self, seq: int, ident: str, attempt: int, error: BaseException) -> str:
+        """Keep the error of one failed step attempt; return its stored form."""
+        text = json.dumps(error_to_record(error))
+        try:
+            self.store.error_insert(
+                self.job_id,
+                self.fence,
+                attempt=self.attempt,
+                seq=seq,
+                step=f"{ident} attempt {attempt}",
+                error=text,
+                now=self.app.clock.now(),
+            )
+        except StoreError:
+            self.logger.exception(
+                "could not record the error of step %s", ident, extra={"action": "store.error"}
+            )
+        return text
+
+    def step_failed(
+        self, step: StepDefinition[Any, Any], seq: int, ident: str, attempt: int, error: Exception
+    ) -> float | None:
+        """After a failed step attempt: the delay before the next, or None when final.
+
+        When final, the error is checkpointed so that a replay raises it again.
+        """
+        text = self.record_step_error(seq, ident, attempt, error)
+        if step.retry.should_retry(error, attempt):
+            delay = step.retry.delay(attempt)
+            self.logger.warning(
+                "step %s attempt %d failed (%s); retrying in %.2fs",
+                ident,
+                attempt,
+                describe_error(error),
+                delay,
+                extra={"action": "step.retrying", "step": ident},
+            )
+            return delay
+        self.checkpoint(seq, ident, "error", text, attempt)
+        self.logger.warning(
+            "step %s failed after %d attempt(s): %s",
+            ident,
+            attempt,
+            describe_error(error),
+            extra={"action": "step.failed", "step": ident},
+        )
+        return None
+
+    def encode_step_value(self, step: StepDefinition[Any, Any], ident: str, value: Any) -> str:
+        """Encode a step's value; a value that cannot be stored fails the step for good."""
+        try:
+            return dumps_result(value, step.return_type)
+        except SerializationError as exc:
+            raise SerializationError(f"step {ident} of job {self.name}: {exc}") from exc
+
+    def log_step(self, ident: str, attempt: int, started: float) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "step %s succeeded (attempt %d, %.1f ms)",
+                ident,
+                attempt,
+                (time.perf_counter() - started) * 1000,
+                extra={"action": "step.succeeded", "step": ident},
+            )
+
+    # outcomes ---------------------------------------------------------------------------
+    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Record how this attempt ended: success, retry, failure or release."""
+        try:
+            self._finish(value, error)
+        except (LeaseLost, JobCancelled) as exc:
+            self.interrupt = exc
+            self._report_interrupt()
+        except StoreError:
+            self.logger.exception(
+                "could not record the outcome of job %s; it stays claimed until its lease "
+                "expires, then another worker replays it",
+                self.job_id,
+                extra={"action": "store.error"},
+            )
+        finally:
+            self.app._job_finished(self.job_id)
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        store, now = self.store, self.app.clock.now()
+        if isinstance(error, Released):
+            if self.interrupt is None:
+                store.job_release(self.job_id, self.fence, now=now)
+                self.logger.info(
+                    "job %s released at a step boundary for shutdown",
+                    self.job_id,
+                    extra={"action": "job.released"},
+                )
+            return
+        if self.interrupt is not None:
+            self._report_interrupt()
+            return
+        if error is None:
+            try:
+                text = dumps_result(value, self.definition.return_type)
+            except SerializationError as exc:
+                error = SerializationError(f"the result of job {self.name}: {exc}")
+            else:
+                store.job_complete(self.job_id, self.fence, result=text, now=now)
+                self.logger.info(
+                    "job %s succeeded (%d step(s) run, %d replayed)",
+                    self.job_id,
+                    self.executed,
+                    self.replayed,
+                    extra={"action": "job.succeeded"},
+                )
+                return
+        record = json.dumps(error_to_record(error))
+        retry = self.definition.retry
+        if retry.should_retry(error, self.attempt):
+            delay = retry.delay(self.attempt)
+            store.job_retry_later(
+                self.job_id,
+                self.fence,
+                error=record,
+                attempt=self.attempt,
+                run_at=now + delay,
+                now=now,
+            )
+            self.logger.warning(
+                "job %s attempt %d failed (%s); retrying in %.2fs",
+                self.job_id,
+                self.attempt,
+                describe_error(error),
+                delay,
+                extra={"action": "job.retrying"},
+            )
+            return
+        store.job_fail(self.job_id, self.fence, error=record, attempt=self.attempt, now=now)
+        self.logger.error(
+            "job %s failed after %d attempt(s): %s",
+            self.job_id,
+            self.attempt,
+            describe_error(error),
+            extra={"action": "job.failed"},
+        )
+
+    def _report_interrupt(self) -> None:
+        if isinstance(self.interrupt, LeaseLost):
+            self.logger.warning(
+                "%s; this run stops and leaves the job to its new owner",
+                self.interrupt,
+                extra={"action": "job.lease_lost", "fence": self.fence},
+            )
+        elif isinstance(self.interrupt, JobCancelled):
+            self.logger.info(
+                "job %s was cancelled; this run stops", self.job_id, extra={"action": "job.cancelled"}
+            )
+        else:
+            self.logger.error(
+                "job %s stopped: %s; another worker replays it once its lease expires",
+                self.job_id,
+                self.interrupt,
+                extra={"action": "store.error"},
+            )
+
+
+def _decode_arguments(app: App, claimed: ClaimedJob) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
+    definition = app.jobs[claimed.name]
+    run = JobRun(app, claimed, definition, app.store.checkpoint_list(claimed.id))
+    try:
+        args, kwargs = definition.codec.decode(claimed.args)
+    except SerializationError as exc:
+        error = SerializationError(
+            f"the stored arguments of job {claimed.id} ({claimed.name}) cannot be decoded: {exc}; "
+            "the row was written by other code or edited by hand"
+        )
+        run.finish(error=error)
+        return None
+    return run, args, kwargs
+
+
+def execute_sync(app: App, claimed: ClaimedJob) -> JobRun | None:
+    """Run one attempt of a sync job in this thread."""
+    prepared = _decode_arguments(app, claimed)
+    if prepared is None:
+        return None
+    run, args, kwargs = prepared
+    app._lease_keeper.add(run)
+    token = current_run.set(run)
+    try:
+        value = run.definition.fn(*args, **kwargs)
+    except (Exception, Released) as exc:
+        current_run.reset(token)
+        run.finish(error=exc)
+    except BaseException:
+        current_run.reset(token)
+        run.finish(error=Released())
+        raise
+    else:
+        current_run.reset(token)
+        run.finish(value)
+    finally:
+        app._lease_keeper.discard(run)
+    return run
+
+
+async def execute_async(app: App, claimed: ClaimedJob) -> JobRun | None:
+    """Run one attempt of an ``async def`` job on the running event loop."""
+    prepared = await app._call_store(_decode_arguments, app, claimed)
+    if prepared is None:
+        return None
+    run, args, kwargs = prepared
+    app._lease_keeper.add(run)
+    token = current_run.set(run)
+    try:
+        value = await run.definition.fn(*args, **kwargs)
+    except (Exception, Released) as exc:
+        current_run.reset(token)
+        await app._call_store(run.finish, None, exc)
+    except BaseException:
+        current_run.reset(token)
+        await asyncio.shield(app._call_store(run.finish, None, Released()))
+        raise
+    else:
+        current_run.reset(token)
+        await app._call_store(run.finish, value)
+    finally:
+        app._lease_keeper.discard(run)
+    return run
+
+
+__all__ = ["JobRun", "Released", "execute_async", "execute_sync"]

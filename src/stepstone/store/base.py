@@ -1,0 +1,303 @@
+"""The storage contract: one interface, one implementation per database.
+
+The interface is internal and may change between releases. The rest of stepstone
+never sees SQL or a driver exception: a backend translates them into the errors of
+``stepstone.errors`` in one place. Every backend passes the conformance suite in
+``tests/store``. Operations are named noun-then-verb (``job_claim_due``,
+``checkpoint_insert``); times are float seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. ``str`` values, stored as they are."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
+POISON_RECLAIMS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert."""
+
+    id: str
+    name: str
+    queue: str
+    key: str | None
+    args: str
+    priority: int
+    run_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as stored."""
+
+    id: str
+    name: str
+    queue: str
+    key: str | None
+    args: str
+    state: JobState
+    priority: int
+    run_at: float
+    attempts: int
+    fence: int
+    reclaims: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    result: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker now owns, with the fencing token of its claim."""
+
+    id: str
+    name: str
+    queue: str
+    key: str | None
+    args: str
+    fence: int
+    attempt: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One entry of a job's step history: a result (``ok``) or a final error (``error``)."""
+
+    seq: int
+    name: str
+    status: str
+    value: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """The error of one failed attempt of a job or of one of its steps."""
+
+    attempt: int
+    seq: int | None
+    step: str | None
+    error: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """The job a key names, and whether this insert created it."""
+
+    job: JobRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdleStatus:
+    """What a worker needs to know to decide whether it is idle."""
+
+    due: bool
+    running: int
+    next_run_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescue:
+    """What one pass of the rescuer did."""
+
+    requeued: Sequence[str]
+    poisoned: Sequence[str]
+
+
+class Store(abc.ABC):
+    """Durable state of jobs, checkpoints and errors."""
+
+    #: The URL the store was opened with, without a password.
+    url: str
+    #: Whether a call costs so little that an event loop may make it inline.
+    inline_calls: bool = False
+
+    @abc.abstractmethod
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database lacks; return their names."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    # jobs -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def job_insert(
+        self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
+    ) -> InsertResult:
+        """Insert a job, durably. With a key already taken, return that job, created=False.
+
+        With ``owner``, the job is inserted already claimed (``running``, fence 1) by it.
+        """
+
+    @abc.abstractmethod
+    def job_get(self, job_id: str) -> JobRecord | None:
+        """The job with this id."""
+
+    @abc.abstractmethod
+    def job_get_by_key(self, key: str) -> JobRecord | None:
+        """The job with this key."""
+
+    @abc.abstractmethod
+    def job_list(
+        self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """The most recently created jobs, newest first."""
+
+    @abc.abstractmethod
+    def job_claim_due(
+        self,
+        *,
+        owner: str,
+        names: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` queued jobs that are due, highest priority then oldest first.
+
+        Each claim bumps the job's fence. A job that is not a replay counts a new attempt.
+        """
+
+    @abc.abstractmethod
+    def job_claim(
+        self, job_id: str, *, owner: str, now: float, lease_until: float
+    ) -> ClaimedJob | None:
+        """Claim this one job if it is queued (whatever its ``run_at``); else None."""
+
+    @abc.abstractmethod
+    def job_idle_status(
+        self, *, names: Sequence[str], queues: Sequence[str] | None, now: float
+    ) -> IdleStatus:
+        """Whether a claimable job is due, how many jobs run, when the next is due."""
+
+    @abc.abstractmethod
+    def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:
+        """Extend the leases of (job id, fence) pairs; return the ids whose lease was lost."""
+
+    @abc.abstractmethod
+    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
+        """Requeue running jobs whose lease expired (as replays); fail poison jobs."""
+
+    @abc.abstractmethod
+    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
+        """Record success, durably. Raises ``LeaseLost`` or ``JobCancelled`` if not the owner."""
+
+    @abc.abstractmethod
+    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
+        """Record final failure, durably, with the error of this attempt."""
+
+    @abc.abstractmethod
+    def job_retry_later(
+        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
+    ) -> None:
+        """Requeue for a new attempt at ``run_at``.
+
+        Drops the run's first stored step error and every checkpoint after it.
+        """
+
+    @abc.abstractmethod
+    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
+        """Give a claimed job back, due now, as a replay (graceful shutdown)."""
+
+    @abc.abstractmethod
+    def job_cancel(self, job_id: str, *, now: float) -> bool:
+        """Cancel an unfinished job; False if it had finished. ``JobNotFound`` if unknown."""
+
+    @abc.abstractmethod
+    def job_requeue(self, job_id: str, *, now: float) -> bool:
+        """Queue a failed or cancelled job again with a fresh attempt budget."""
+
+    @abc.abstractmethod
+    def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
+        """Delete finished jobs (with their history) older than ``finished_before``."""
+
+    # checkpoints and errors -------------------------------------------------------------
+    @abc.abstractmethod
+    def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
+        """A job's step history in position order."""
+
+    @abc.abstractmethod
+    def checkpoint_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        status: str,
+        value: str,
+        attempts: int,
+        now: float,
+    ) -> None:
+        """Write one checkpoint, at most once, only while ``fence`` owns the running job.
+
+        Raises ``LeaseLost`` or ``JobCancelled`` when it does not.
+        """
+
+    @abc.abstractmethod
+    def error_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        attempt: int,
+        seq: int | None,
+        step: str | None,
+        error: str,
+        now: float,
+    ) -> None:
+        """Record the error of one failed step attempt (ignored if not the owner)."""
+
+    @abc.abstractmethod
+    def error_list(self, job_id: str) -> list[ErrorRecord]:
+        """Every recorded error of a job, oldest first."""
+
+
+__all__ = [
+    "FINISHED_STATES",
+    "POISON_RECLAIMS",
+    "Checkpoint",
+    "ClaimedJob",
+    "ErrorRecord",
+    "IdleStatus",
+    "InsertResult",
+    "JobRecord",
+    "JobState",
+    "NewJob",
+    "Rescue",
+    "Store",
+]

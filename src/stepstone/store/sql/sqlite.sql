@@ -1,0 +1,168 @@
+-- Every query of the SQLite store, once, by name. Named parameters only.
+
+-- name: job_insert
+INSERT INTO stepstone_jobs
+    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
+     lease_owner, lease_expires_at, created_at, updated_at, started_at)
+VALUES
+    (:id, :name, :queue, :key, :args, :state, :priority, :run_at, :fence, :attempts,
+     :owner, :lease_until, :now, :now, :started_at)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: job_get
+SELECT * FROM stepstone_jobs WHERE id = :id;
+
+-- name: job_get_by_key
+SELECT * FROM stepstone_jobs WHERE key = :key;
+
+-- name: job_list
+SELECT * FROM stepstone_jobs
+WHERE (:states IS NULL OR state IN (SELECT value FROM json_each(:states)))
+  AND (:name IS NULL OR name = :name)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: job_claim_due
+UPDATE stepstone_jobs
+SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
+    lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
+    started_at = coalesce(started_at, :now)
+WHERE id IN (
+    SELECT id FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+    WHERE state = 'queued' AND run_at <= :now
+      AND name IN (SELECT value FROM json_each(:names))
+      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+    ORDER BY priority DESC, run_at
+    LIMIT :limit)
+RETURNING id, name, queue, key, args, fence, attempts, priority, run_at;
+
+-- name: job_claim
+UPDATE stepstone_jobs
+SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
+    lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
+    started_at = coalesce(started_at, :now)
+WHERE id = :id AND state = 'queued'
+RETURNING id, name, queue, key, args, fence, attempts, priority, run_at;
+
+-- name: job_due_exists
+SELECT EXISTS (
+    SELECT 1 FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+    WHERE state = 'queued' AND run_at <= :now
+      AND name IN (SELECT value FROM json_each(:names))
+      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))));
+
+-- name: job_next_run_at
+SELECT min(run_at) FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+WHERE state = 'queued'
+  AND name IN (SELECT value FROM json_each(:names))
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
+
+-- name: job_count_running
+SELECT count(*) FROM stepstone_jobs WHERE state = 'running';
+
+-- name: job_heartbeat
+UPDATE stepstone_jobs SET lease_expires_at = :lease_until
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_expired_leases
+SELECT id, fence, reclaims, progress,
+       (SELECT count(*) FROM stepstone_checkpoints c WHERE c.job_id = j.id) AS checkpoints
+FROM stepstone_jobs j INDEXED BY stepstone_jobs_leases
+WHERE state = 'running' AND lease_expires_at < :now
+ORDER BY lease_expires_at
+LIMIT :limit;
+
+-- name: job_requeue_expired
+UPDATE stepstone_jobs
+SET state = 'queued', replay = 1, run_at = :now, reclaims = :reclaims, progress = :progress,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running' AND lease_expires_at < :now;
+
+-- name: job_fail_poison
+UPDATE stepstone_jobs
+SET state = 'failed', error = :error, reclaims = :reclaims, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = :now, finished_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running' AND lease_expires_at < :now;
+
+-- name: job_complete
+UPDATE stepstone_jobs
+SET state = 'succeeded', result = :result, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now, finished_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_fail
+UPDATE stepstone_jobs
+SET state = 'failed', error = :error, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now, finished_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_retry_later
+UPDATE stepstone_jobs
+SET state = 'queued', error = :error, run_at = :run_at, replay = 0, reclaims = 0, progress = -1,
+    lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_release
+UPDATE stepstone_jobs
+SET state = 'queued', replay = 1, run_at = :now, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_cancel
+UPDATE stepstone_jobs
+SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
+    finished_at = :now
+WHERE id = :id AND state IN ('queued', 'running', 'waiting');
+
+-- name: job_requeue
+UPDATE stepstone_jobs
+SET state = 'queued', run_at = :now, attempts = 0, replay = 0, reclaims = 0, progress = -1,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, finished_at = NULL
+WHERE id = :id AND state IN ('failed', 'cancelled');
+
+-- name: job_owner
+SELECT state, fence FROM stepstone_jobs WHERE id = :id;
+
+-- name: job_prune_select
+SELECT id FROM stepstone_jobs INDEXED BY stepstone_jobs_finished
+WHERE finished_at < :before AND state IN ('succeeded', 'failed', 'cancelled')
+LIMIT :limit;
+
+-- name: job_delete
+DELETE FROM stepstone_jobs WHERE id = :id;
+
+-- name: checkpoint_list
+SELECT seq, name, status, value, attempts, created_at
+FROM stepstone_checkpoints WHERE job_id = :job_id ORDER BY seq;
+
+-- name: checkpoint_insert
+INSERT INTO stepstone_checkpoints (job_id, seq, name, status, value, attempts, fence, created_at)
+SELECT :job_id, :seq, :name, :status, :value, :attempts, :fence, :now
+WHERE EXISTS (
+    SELECT 1 FROM stepstone_jobs WHERE id = :job_id AND fence = :fence AND state = 'running');
+
+-- name: checkpoint_drop_from_first_error
+DELETE FROM stepstone_checkpoints
+WHERE job_id = :job_id AND seq >= (
+    SELECT min(seq) FROM stepstone_checkpoints WHERE job_id = :job_id AND status = 'error');
+
+-- name: checkpoint_delete_job
+DELETE FROM stepstone_checkpoints WHERE job_id = :job_id;
+
+-- name: error_insert
+INSERT INTO stepstone_errors (job_id, attempt, seq, step, fence, error, created_at)
+SELECT :job_id, :attempt, :seq, :step, :fence, :error, :now
+WHERE EXISTS (
+    SELECT 1 FROM stepstone_jobs WHERE id = :job_id AND fence = :fence AND state = 'running');
+
+-- name: error_insert_unfenced
+INSERT INTO stepstone_errors (job_id, attempt, seq, step, fence, error, created_at)
+VALUES (:job_id, :attempt, NULL, NULL, :fence, :error, :now);
+
+-- name: error_list
+SELECT attempt, seq, step, error, created_at
+FROM stepstone_errors WHERE job_id = :job_id ORDER BY id;
+
+-- name: error_delete_job
+DELETE FROM stepstone_errors WHERE job_id = :job_id;

@@ -1,0 +1,583 @@
+"""The embedded store: one SQLite file in WAL mode, safe for many processes on one machine.
+
+Writes go through one connection per process behind a lock, so the threads of a process
+queue in Python rather than in SQLite's busy handler; other processes wait on SQLite's
+busy timeout. Reads use one connection per thread and never wait for writers (WAL).
+Enqueues and outcomes commit with ``synchronous=FULL`` (they survive power loss);
+checkpoints with ``NORMAL`` (they survive a process crash), unless ``durability="full"``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
+from .base import (
+    POISON_RECLAIMS,
+    Checkpoint,
+    ClaimedJob,
+    ErrorRecord,
+    IdleStatus,
+    InsertResult,
+    JobRecord,
+    JobState,
+    NewJob,
+    Rescue,
+    Store,
+)
+from .queries import load_migrations, load_queries
+
+Q = load_queries("sqlite")
+_LOCKED_RETRY_SECONDS = 30.0
+
+
+def _job_record(row: Mapping[str, Any]) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        name=row["name"],
+        queue=row["queue"],
+        key=row["key"],
+        args=row["args"],
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        run_at=row["run_at"],
+        attempts=row["attempts"],
+        fence=row["fence"],
+        reclaims=row["reclaims"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        result=row["result"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _claimed(rows: list[sqlite3.Row]) -> list[ClaimedJob]:
+    rows.sort(key=lambda row: (-row["priority"], row["run_at"]))
+    return [
+        ClaimedJob(
+            id=row["id"],
+            name=row["name"],
+            queue=row["queue"],
+            key=row["key"],
+            args=row["args"],
+            fence=row["fence"],
+            attempt=row["attempts"],
+            priority=row["priority"],
+        )
+        for row in rows
+    ]
+
+
+def poison_error(job_id: str, reclaims: int) -> str:
+    """The error record stored on a job failed as poison."""
+    message = (
+        f"job {job_id} was reclaimed {reclaims} times in a row without a new checkpoint: "
+        "the workers running it keep dying (out of memory, a crash in native code, a kill); "
+        "it is failed as a poison job. Fix the cause, then `stepstone retry` it."
+    )
+    return json.dumps(
+        {
+            "type": "stepstone.errors.StepstoneError",
+            "message": message,
+            "args": [message],
+            "traceback": None,
+            "permanent": True,
+        }
+    )
+
+
+class SQLiteStore(Store):
+    """A store in one SQLite file (or in memory, for tests of one process)."""
+
+    inline_calls = True
+
+    def __init__(self, path: str, *, durability: str = "normal", busy_timeout: float = 30.0):
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.memory = path == ":memory:" or path.startswith("file::memory:")
+        self.full = durability == "full"
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._closed = False
+        self._write = self._connect()
+        self.migrate()
+
+    # connections ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        with self._translate():
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            conn.row_factory = sqlite3.Row
+            if not self.memory:
+                # Switching to WAL can answer "database is locked" at once (no busy wait)
+                # while another process creates the file; retry it.
+                self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.full else 'NORMAL'}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            # Checks that the file really is a database now, not on first use.
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _retry_locked(self, operation: Any) -> Any:
+        deadline = time.monotonic() + _LOCKED_RETRY_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except StepstoneError:
+            raise
+        except sqlite3.Error as exc:
+            raise self._store_error(exc) from exc
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        where = f"SQLite database {self.path!r}"
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreError(
+                f"{where} is not a stepstone database or is corrupt ({text}); "
+                "point App() at another file, or restore this one from a backup"
+            )
+        if "unable to open" in text:
+            return StoreError(
+                f"cannot open {where} ({text}); check that its folder exists and that "
+                "this user may write there"
+            )
+        if "readonly" in text or "read-only" in text:
+            return StoreError(
+                f"{where} is read-only ({text}); stepstone needs to write to the file and to "
+                "its folder (for the -wal and -shm files)"
+            )
+        if "locked" in text or "busy" in text:
+            return StoreError(
+                f"{where} stayed locked by another connection for {self.busy_timeout:g}s "
+                f"({text}); a process may be holding a long write transaction"
+            )
+        return StoreError(f"{where}: {type(exc).__name__}: {text}")
+
+    @contextmanager
+    def _writing(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable`` ones are fsynced on commit."""
+        with self._lock, self._translate():
+            conn = self._write
+            switch = durable and not self.full
+            if switch:
+                conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if switch:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _read(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
+        if self.memory:
+            with self._lock, self._translate():
+                return self._write.execute(sql, params).fetchall()
+        with self._translate():
+            return self._reader().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._write.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    # migrations -------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._writing(durable=True) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS stepstone_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM stepstone_migrations")}
+            for migration in load_migrations("sqlite"):
+                if migration.version in done:
+                    continue
+                for statement in _statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO stepstone_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+        return applied
+
+    # jobs -------------------------------------------------------------------------------
+    def job_insert(
+        self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
+    ) -> InsertResult:
+        claimed = owner is not None
+        params = {
+            "id": job.id,
+            "name": job.name,
+            "queue": job.queue,
+            "key": job.key,
+            "args": job.args,
+            "state": "running" if claimed else "queued",
+            "priority": job.priority,
+            "run_at": job.run_at,
+            "fence": 1 if claimed else 0,
+            "attempts": 1 if claimed else 0,
+            "owner": owner,
+            "lease_until": lease_until if claimed else None,
+            "started_at": now if claimed else None,
+            "now": now,
+        }
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_insert"], params).rowcount == 1:
+                record = JobRecord(
+                    id=job.id,
+                    name=job.name,
+                    queue=job.queue,
+                    key=job.key,
+                    args=job.args,
+                    state=JobState(params["state"]),
+                    priority=job.priority,
+                    run_at=job.run_at,
+                    attempts=params["attempts"],
+                    fence=params["fence"],
+                    reclaims=0,
+                    lease_owner=owner,
+                    lease_expires_at=params["lease_until"],
+                    result=None,
+                    error=None,
+                    created_at=now,
+                    updated_at=now,
+                    started_at=params["started_at"],
+                    finished_at=None,
+                )
+                return InsertResult(record, created=True)
+            row = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
+        if row is None:  # pragma: no cover - the conflict was on the id, a uuid
+            raise StoreError(f"job id {job.id} is already taken")
+        return InsertResult(_job_record(row), created=False)
+
+    def job_get(self, job_id: str) -> JobRecord | None:
+        rows = self._read(Q["job_get"], {"id": job_id})
+        return _job_record(rows[0]) if rows else None
+
+    def job_get_by_key(self, key: str) -> JobRecord | None:
+        rows = self._read(Q["job_get_by_key"], {"key": key})
+        return _job_record(rows[0]) if rows else None
+
+    def job_list(
+        self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        params = {
+            "states": json.dumps(list(states)) if states else None,
+            "name": name,
+            "limit": limit,
+        }
+        return [_job_record(row) for row in self._read(Q["job_list"], params)]
+
+    def job_claim_due(
+        self,
+        *,
+        owner: str,
+        names: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[ClaimedJob]:
+        params = {
+            "owner": owner,
+            "names": json.dumps(list(names)),
+            "queues": json.dumps(list(queues)) if queues else None,
+            "limit": limit,
+            "now": now,
+            "lease_until": lease_until,
+        }
+        with self._writing(durable=False) as conn:
+            rows = conn.execute(Q["job_claim_due"], params).fetchall()
+        return _claimed(rows)
+
+    def job_claim(
+        self, job_id: str, *, owner: str, now: float, lease_until: float
+    ) -> ClaimedJob | None:
+        params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
+        with self._writing(durable=False) as conn:
+            rows = conn.execute(Q["job_claim"], params).fetchall()
+        claimed = _claimed(rows)
+        return claimed[0] if claimed else None
+
+    def job_idle_status(
+        self, *, names: Sequence[str], queues: Sequence[str] | None, now: float
+    ) -> IdleStatus:
+        params = {
+            "names": json.dumps(list(names)),
+            "queues": json.dumps(list(queues)) if queues else None,
+            "now": now,
+        }
+        due = bool(self._read(Q["job_due_exists"], params)[0][0])
+        running = int(self._read(Q["job_count_running"], {})[0][0])
+        del params["now"]
+        next_run_at = self._read(Q["job_next_run_at"], params)[0][0]
+        return IdleStatus(due=due, running=running, next_run_at=next_run_at)
+
+    def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:
+        lost: set[str] = set()
+        if not leases:
+            return lost
+        with self._writing(durable=False) as conn:
+            for job_id, fence in leases:
+                params = {"id": job_id, "fence": fence, "lease_until": lease_until}
+                if conn.execute(Q["job_heartbeat"], params).rowcount != 1:
+                    lost.add(job_id)
+        return lost
+
+    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
+        expired = self._read(Q["job_expired_leases"], {"now": now, "limit": limit})
+        if not expired:
+            return Rescue(requeued=(), poisoned=())
+        requeued: list[str] = []
+        poisoned: list[str] = []
+        with self._writing(durable=True) as conn:
+            for row in expired:
+                progressed = row["checkpoints"] > row["progress"]
+                reclaims = 1 if progressed else row["reclaims"] + 1
+                params = {
+                    "id": row["id"],
+                    "fence": row["fence"],
+                    "now": now,
+                    "reclaims": reclaims,
+                    "progress": row["checkpoints"],
+                }
+                if reclaims >= POISON_RECLAIMS:
+                    error = poison_error(row["id"], reclaims)
+                    del params["progress"]
+                    if conn.execute(Q["job_fail_poison"], {**params, "error": error}).rowcount:
+                        conn.execute(
+                            Q["error_insert_unfenced"],
+                            {
+                                "job_id": row["id"],
+                                "attempt": 0,
+                                "fence": row["fence"],
+                                "error": error,
+                                "now": now,
+                            },
+                        )
+                        poisoned.append(row["id"])
+                elif conn.execute(Q["job_requeue_expired"], params).rowcount:
+                    requeued.append(row["id"])
+        return Rescue(requeued=requeued, poisoned=poisoned)
+
+    def _refuse(self, conn: sqlite3.Connection, job_id: str, fence: int) -> StepstoneError:
+        row = conn.execute(Q["job_owner"], {"id": job_id}).fetchone()
+        if row is None:
+            return LeaseLost(f"job {job_id} no longer exists (pruned?); fencing token {fence}")
+        if row["state"] == JobState.CANCELLED:
+            return JobCancelled(f"job {job_id} was cancelled")
+        return LeaseLost(
+            f"job {job_id}: lease lost: this worker holds fencing token {fence}, the job now "
+            f"has token {row['fence']} and state {row['state']!r}; another worker owns it"
+        )
+
+    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
+        params = {"id": job_id, "fence": fence, "result": result, "now": now}
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_complete"], params).rowcount != 1:
+                raise self._refuse(conn, job_id, fence)
+
+    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
+        params = {"id": job_id, "fence": fence, "error": error, "now": now}
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_fail"], params).rowcount != 1:
+                raise self._refuse(conn, job_id, fence)
+            conn.execute(
+                Q["error_insert_unfenced"],
+                {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now},
+            )
+
+    def job_retry_later(
+        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
+    ) -> None:
+        params = {"id": job_id, "fence": fence, "error": error, "run_at": run_at, "now": now}
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_retry_later"], params).rowcount != 1:
+                raise self._refuse(conn, job_id, fence)
+            conn.execute(Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
+            conn.execute(
+                Q["error_insert_unfenced"],
+                {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now},
+            )
+
+    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
+        with self._writing(durable=True) as conn:
+            params = {"id": job_id, "fence": fence, "now": now}
+            return bool(conn.execute(Q["job_release"], params).rowcount)
+
+    def job_cancel(self, job_id: str, *, now: float) -> bool:
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_cancel"], {"id": job_id, "now": now}).rowcount:
+                return True
+            if conn.execute(Q["job_owner"], {"id": job_id}).fetchone() is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return False
+
+    def job_requeue(self, job_id: str, *, now: float) -> bool:
+        with self._writing(durable=True) as conn:
+            if conn.execute(Q["job_requeue"], {"id": job_id, "now": now}).rowcount:
+                conn.execute(Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
+                return True
+            if conn.execute(Q["job_owner"], {"id": job_id}).fetchone() is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return False
+
+    def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
+        with self._writing(durable=False) as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    Q["job_prune_select"], {"before": finished_before, "limit": limit}
+                )
+            ]
+            for job_id in ids:
+                conn.execute(Q["checkpoint_delete_job"], {"job_id": job_id})
+                conn.execute(Q["error_delete_job"], {"job_id": job_id})
+                conn.execute(Q["job_delete"], {"id": job_id})
+        return len(ids)
+
+    # checkpoints and errors -------------------------------------------------------------
+    def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
+        return [
+            Checkpoint(
+                seq=row["seq"],
+                name=row["name"],
+                status=row["status"],
+                value=row["value"],
+                attempts=row["attempts"],
+                created_at=row["created_at"],
+            )
+            for row in self._read(Q["checkpoint_list"], {"job_id": job_id})
+        ]
+
+    def checkpoint_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        status: str,
+        value: str,
+        attempts: int,
+        now: float,
+    ) -> None:
+        params = {
+            "job_id": job_id,
+            "fence": fence,
+            "seq": seq,
+            "name": name,
+            "status": status,
+            "value": value,
+            "attempts": attempts,
+            "now": now,
+        }
+        with self._lock, self._translate():
+            conn = self._write
+            try:
+                inserted = conn.execute(Q["checkpoint_insert"], params).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise LeaseLost(
+                    f"job {job_id}: checkpoint #{seq} ({name}) already exists; a run with "
+                    f"fencing token {fence} cannot write it again"
+                ) from exc
+            if inserted != 1:
+                raise self._refuse(conn, job_id, fence)
+
+    def error_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        attempt: int,
+        seq: int | None,
+        step: str | None,
+        error: str,
+        now: float,
+    ) -> None:
+        params = {
+            "job_id": job_id,
+            "fence": fence,
+            "attempt": attempt,
+            "seq": seq,
+            "step": step,
+            "error": error,
+            "now": now,
+        }
+        with self._lock, self._translate():
+            self._write.execute(Q["error_insert"], params)
+
+    def error_list(self, job_id: str) -> list[ErrorRecord]:
+        return [
+            ErrorRecord(
+                attempt=row["attempt"],
+                seq=row["seq"],
+                step=row["step"],
+                error=row["error"],
+                created_at=row["created_at"],
+            )
+            for row in self._read(Q["error_list"], {"job_id": job_id})
+        ]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (``executescript`` would commit on its own)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
+__all__ = ["SQLiteStore", "poison_error"]

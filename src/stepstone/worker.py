@@ -1,0 +1,331 @@
+"""The worker: claims due jobs, runs them with bounded concurrency, keeps their leases,
+rescues jobs whose worker died, and shuts down gracefully.
+
+Async jobs run as tasks on the worker's event loop; sync jobs run on daemon threads (so
+that a step stuck in C code cannot keep a stopping process alive). The loop itself never
+runs user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .context import logger
+from .errors import StoreError
+from .runner import execute_async, execute_sync
+from .store.base import ClaimedJob
+
+if TYPE_CHECKING:
+    from .app import App
+
+
+class _DaemonThreads:
+    """A fixed pool of daemon threads (``ThreadPoolExecutor`` threads are joined at exit)."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"stepstone-job-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._tasks.put((fn, future))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # reported through the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+class Worker:
+    """Runs jobs of one App until stopped (or, with ``until_idle``, until idle)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int = 8,
+        queues: list[str] | str | None = None,
+        until_idle: bool = False,
+        shutdown_grace: float | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if isinstance(queues, str):
+            queues = [name.strip() for name in queues.split(",") if name.strip()]
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = list(queues) if queues else None
+        self.until_idle = until_idle
+        self.shutdown_grace = app.shutdown_grace if shutdown_grace is None else shutdown_grace
+        self.owner = f"{app.owner}:w{id(self) % 10000:04d}"
+        self.running: dict[str, asyncio.Future[Any]] = {}
+        self._stop = threading.Event()
+        self._hard_stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self.claimed_total = 0
+
+    # control ----------------------------------------------------------------------------
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; let running steps finish (up to the grace period), then release.
+
+        With ``now=True`` (or a second call), release running jobs at once.
+        """
+        if self._stop.is_set() or now:
+            self._hard_stop.set()
+        self._stop.set()
+        for run in self.app._lease_keeper.active():
+            if run.job_id in self.running:
+                run.stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Look for due jobs now rather than at the next poll."""
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass
+
+    def run(self) -> None:
+        """Run in this thread until stopped; handles SIGTERM/SIGINT in the main thread."""
+        asyncio.run(self._main())
+
+    # the loop ---------------------------------------------------------------------------
+    async def _main(self) -> None:
+        app = self.app
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        installed = self._install_signals()
+        threads = _DaemonThreads(self.concurrency)
+        app._workers.add(self)
+        names = sorted(app.jobs)
+        if not names:
+            logger.warning("this App declares no jobs; the worker has nothing to run",
+                           extra={"action": "worker.no_jobs"})
+        logger.info(
+            "worker %s started: %d job(s), concurrency %d, queues %s, %s",
+            self.owner,
+            len(names),
+            self.concurrency,
+            ",".join(self.queues) if self.queues else "all",
+            app.store.url,
+            extra={"action": "worker.started"},
+        )
+        rescue_every = min(max(app.lease / 4, 0.05), 5.0)
+        next_rescue = 0.0
+        try:
+            while not self._stop.is_set():
+                loop_now = self._loop.time()
+                if loop_now >= next_rescue:
+                    next_rescue = loop_now + rescue_every
+                    await self._rescue()
+                claimed = await self._claim(names)
+                for job in claimed:
+                    self._start(job, threads)
+                if self.until_idle and not self.running and not claimed:
+                    if await self._idle(names):
+                        break
+                if claimed and len(self.running) < self.concurrency:
+                    continue
+                await self._wait(self._poll_delay(rescue_every))
+            await self._drain()
+        finally:
+            app._workers.discard(self)
+            threads.shutdown()
+            for sig in installed:
+                self._loop.remove_signal_handler(sig)
+            logger.info("worker %s stopped", self.owner, extra={"action": "worker.stopped"})
+
+    def _poll_delay(self, rescue_every: float) -> float:
+        return min(self.app.poll_interval, rescue_every)
+
+    def _install_signals(self) -> list[int]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        assert self._loop is not None
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on POSIX
+                pass
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        hard = self._stop.is_set()
+        logger.warning(
+            "%s received: %s",
+            signal.Signals(sig).name,
+            "releasing running jobs now" if hard else
+            f"stopping; running steps get {self.shutdown_grace:g}s to finish (again to force)",
+            extra={"action": "worker.stopping"},
+        )
+        self.stop(now=hard)
+
+    async def _wait(self, seconds: float) -> None:
+        assert self._wake is not None
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        waiters.extend(self.running.values())
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiters[0].cancel()
+            self._wake.clear()
+
+    async def _claim(self, names: list[str]) -> list[ClaimedJob]:
+        free = self.concurrency - len(self.running)
+        if free <= 0 or not names:
+            return []
+        app = self.app
+        now = app.clock.now()
+        try:
+            claimed = await app._call_store(
+                lambda: app.store.job_claim_due(
+                    owner=self.owner,
+                    names=names,
+                    queues=self.queues,
+                    limit=free,
+                    now=now,
+                    lease_until=now + app.lease,
+                )
+            )
+        except StoreError:
+            logger.exception("claiming jobs failed; retrying", extra={"action": "worker.claim_failed"})
+            await asyncio.sleep(min(1.0, app.lease / 4))
+            return []
+        self.claimed_total += len(claimed)
+        return claimed
+
+    async def _rescue(self) -> None:
+        app = self.app
+        try:
+            rescue = await app._call_store(
+                lambda: app.store.job_rescue_expired(now=app.clock.now())
+            )
+        except StoreError:
+            logger.exception("rescuing expired leases failed", extra={"action": "worker.rescue_failed"})
+            return
+        for job_id in rescue.requeued:
+            logger.warning(
+                "job %s: its worker's lease expired; requeued to resume from its last checkpoint",
+                job_id,
+                extra={"action": "job.rescued", "job_id": job_id},
+            )
+        for job_id in rescue.poisoned:
+            logger.error(
+                "job %s failed as a poison job (reclaimed too often without progress)",
+                job_id,
+                extra={"action": "job.poisoned", "job_id": job_id},
+            )
+
+    async def _idle(self, names: list[str]) -> bool:
+        app = self.app
+        status = await app._call_store(
+            lambda: app.store.job_idle_status(names=names, queues=self.queues, now=app.clock.now())
+        )
+        return not status.due and status.running == 0
+
+    def _start(self, job: ClaimedJob, threads: _DaemonThreads) -> None:
+        definition = self.app.jobs[job.name]
+        logger.debug(
+            "claimed job %s (%s), attempt %d, fence %d",
+            job.id,
+            job.name,
+            job.attempt,
+            job.fence,
+            extra={"action": "job.claimed", "job_id": job.id, "job": job.name, "attempt": job.attempt},
+        )
+        future: asyncio.Future[Any]
+        if definition.is_async:
+            future = asyncio.ensure_future(execute_async(self.app, job))
+        else:
+            future = asyncio.wrap_future(threads.submit(lambda: execute_sync(self.app, job)))
+        self.running[job.id] = future
+        future.add_done_callback(lambda done, job_id=job.id: self._done(job_id, done))
+
+    def _done(self, job_id: str, future: asyncio.Future[Any]) -> None:
+        self.running.pop(job_id, None)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error(
+                "job %s crashed the runner",
+                job_id,
+                exc_info=future.exception(),
+                extra={"action": "worker.runner_crashed", "job_id": job_id},
+            )
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _drain(self) -> None:
+        """Shutdown: wait for running steps up to the grace period, then release the rest."""
+        if not self.running:
+            return
+        for run in self.app._lease_keeper.active():
+            if run.job_id in self.running:
+                run.stopping = True
+        assert self._loop is not None
+        deadline = self._loop.time() + self.shutdown_grace
+        while self.running and not self._hard_stop.is_set():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.1))
+        if self.running:
+            await self._release_all()
+
+    async def _release_all(self) -> None:
+        app = self.app
+        runs = [run for run in app._lease_keeper.active() if run.job_id in self.running]
+        for run in runs:
+            try:
+                released = await app._call_store(
+                    lambda run=run: app.store.job_release(run.job_id, run.fence, now=app.clock.now())
+                )
+            except StoreError:
+                logger.exception("could not release job %s", run.job_id,
+                                 extra={"action": "store.error", "job_id": run.job_id})
+                continue
+            if released:
+                from .errors import LeaseLost
+
+                run.interrupt = LeaseLost(
+                    f"job {run.job_id} was released by its stopping worker (fencing token "
+                    f"{run.fence}); another worker resumes it"
+                )
+                logger.warning(
+                    "job %s released unfinished; another worker resumes it from its last "
+                    "checkpoint",
+                    run.job_id,
+                    extra={"action": "job.released", "job_id": run.job_id},
+                )
+        for future in self.running.values():
+            if isinstance(future, asyncio.Task):
+                future.cancel()
+
+
+__all__ = ["Worker"]
