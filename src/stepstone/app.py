@@ -69,7 +69,9 @@ class App:
     ) -> None:
         unknown = set(options) - _OPTIONS
         if unknown:
-            raise TypeError(f"App() got unknown options {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+            raise TypeError(
+                f"App() got unknown options {sorted(unknown)}; known: {sorted(_OPTIONS)}"
+            )
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
         self.url = url or os.environ.get("STEPSTONE_DATABASE_URL") or DEFAULT_URL
@@ -113,11 +115,11 @@ class App:
         if self._store is not None:
             self._store.close()
 
-    async def _call_store(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a blocking store operation from async code."""
         if self.store.inline_calls:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # declaring jobs and steps -----------------------------------------------------------
     @overload
@@ -126,6 +128,8 @@ class App:
     @overload
     def job(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
@@ -186,6 +190,8 @@ class App:
     @overload
     def step(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         retry: Retry | None = None,
@@ -308,9 +314,7 @@ class App:
             run_at=run_at,
         )
         now = self.clock.now()
-        inserted = self.store.job_insert(
-            new, now=now, owner=owner, lease_until=now + self.lease
-        )
+        inserted = self.store.job_insert(new, now=now, owner=owner, lease_until=now + self.lease)
         if not inserted.created:
             existing = inserted.job
             if existing.name != new.name or existing.args != new.args:

@@ -41,7 +41,9 @@ def idempotency_key(job_id: str, ident: str) -> str:
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger whose records carry the job id, job name, step and attempt."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
         frame = current_step.get()
         if frame is not None:

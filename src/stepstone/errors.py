@@ -57,7 +57,7 @@ class WaitTimeout(StepstoneError, TimeoutError):
     """No signal arrived before the timeout."""
 
 
-class Permanent(Exception):  # noqa: N818 - the public name is pinned
+class Permanent(Exception):
     """Raise it (or a subclass) to fail a step or job without retrying it."""
 
 

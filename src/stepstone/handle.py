@@ -94,9 +94,7 @@ class JobHandle:
                 return self._outcome(record)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(
-                    f"job {self.id} is still {record.state.value} after {timeout}s"
-                )
+                raise TimeoutError(f"job {self.id} is still {record.state.value} after {timeout}s")
             wait = poll if remaining is None else min(poll, remaining)
             self._app._wait_for_finish(wait)
             poll = min(poll * 2, _MAX_POLL)
@@ -111,9 +109,7 @@ class JobHandle:
                 return self._outcome(record)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(
-                    f"job {self.id} is still {record.state.value} after {timeout}s"
-                )
+                raise TimeoutError(f"job {self.id} is still {record.state.value} after {timeout}s")
             await asyncio.sleep(poll if remaining is None else min(poll, remaining))
             poll = min(poll * 2, _MAX_POLL)
 

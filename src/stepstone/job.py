@@ -43,8 +43,12 @@ class JobDefinition(Generic[P, R]):
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
         self.codec = ArgumentCodec(fn)
-        self.return_type = self.codec.return_type
         functools.update_wrapper(self, fn)
+
+    @property
+    def return_type(self) -> object:
+        """The return annotation that decodes stored values (resolved on first use)."""
+        return self.codec.return_type
 
     def __repr__(self) -> str:
         return f"<job {self.name}>"

@@ -72,7 +72,9 @@ class LeaseKeeper:
                 [(run.job_id, run.fence) for run in runs], lease_until=now + self.app.lease
             )
         except StoreError:
-            logger.exception("heartbeat failed; retrying", extra={"action": "lease.heartbeat_failed"})
+            logger.exception(
+                "heartbeat failed; retrying", extra={"action": "lease.heartbeat_failed"}
+            )
             return
         for run in runs:
             if run.job_id in lost:

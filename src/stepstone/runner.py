@@ -281,7 +281,9 @@ class JobRun:
             )
         elif isinstance(self.interrupt, JobCancelled):
             self.logger.info(
-                "job %s was cancelled; this run stops", self.job_id, extra={"action": "job.cancelled"}
+                "job %s was cancelled; this run stops",
+                self.job_id,
+                extra={"action": "job.cancelled"},
             )
         else:
             self.logger.error(
@@ -292,7 +294,9 @@ class JobRun:
             )
 
 
-def _decode_arguments(app: App, claimed: ClaimedJob) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
+def _decode_arguments(
+    app: App, claimed: ClaimedJob
+) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
     definition = app.jobs[claimed.name]
     run = JobRun(app, claimed, definition, app.store.checkpoint_list(claimed.id))
     try:

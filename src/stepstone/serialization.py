@@ -11,8 +11,8 @@ tuples, lists, sets, frozensets and dicts natively. The hooks here add pydantic
 v2 models, detected by duck typing so pydantic stays an optional dependency.
 
 Decoding is typed when a type is given: ``loads(text, list[Item])`` rebuilds
-``Item`` objects. An annotation msgspec cannot use (a TypeVar-heavy generic, a
-Protocol, a plain class) falls back to plain JSON values instead of failing.
+``Item`` objects. An annotation msgspec cannot use (a Protocol, a Callable, a
+plain class, an unresolvable name) falls back to plain JSON values instead of failing.
 """
 
 from __future__ import annotations
@@ -378,6 +378,14 @@ def _rebuild(type_name: str, args: Any, permanent: bool) -> BaseException | None
     return exc
 
 
+def _attach_traceback(exc: BaseException, tb: str | None) -> None:
+    """Show the stored traceback in the exception's notes and keep it as ``remote_traceback``."""
+    if tb is not None:
+        exc.add_note("stored traceback:\n" + tb)
+    with contextlib.suppress(Exception):  # an exception class that refuses new attributes
+        exc.remote_traceback = tb  # type: ignore[attr-defined]
+
+
 def error_from_record(record: dict[str, Any]) -> BaseException:
     """Rebuild a recorded exception, or a StoredError stand-in when its class cannot be."""
     type_name = str(record.get("type") or "Exception")
@@ -389,10 +397,7 @@ def error_from_record(record: dict[str, Any]) -> BaseException:
     if exc is None:
         stand_in = PermanentStoredError if permanent else StoredError
         exc = stand_in(type_name, message, tb)
-    if tb is not None:
-        exc.add_note("stored traceback:\n" + tb)
-    with contextlib.suppress(Exception):  # an exception class that refuses new attributes
-        exc.remote_traceback = tb  # type: ignore[attr-defined]
+    _attach_traceback(exc, tb)
     return exc
 
 

@@ -30,8 +30,12 @@ class StepDefinition(Generic[P, R]):
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
         self.codec = ArgumentCodec(fn)
-        self.return_type = self.codec.return_type
         functools.update_wrapper(self, fn)
+
+    @property
+    def return_type(self) -> object:
+        """The return annotation that decodes stored values (resolved on first use)."""
+        return self.codec.return_type
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"
@@ -39,7 +43,7 @@ class StepDefinition(Generic[P, R]):
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return functools.partial(self, instance)
+        return functools.partial(cast(Callable[..., R], self), instance)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         run = current_run.get()
@@ -54,9 +58,7 @@ class StepDefinition(Generic[P, R]):
         run.check()
         return run.assign(self.name)
 
-    def _call_sync(
-        self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any
-    ) -> R:
+    def _call_sync(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
         stored = run.history.get(seq)
         if stored is not None:
             return cast(R, run.replay(stored, self))
@@ -81,9 +83,7 @@ class StepDefinition(Generic[P, R]):
             run.log_step(ident, attempt, started)
             return value
 
-    async def _call_async(
-        self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any
-    ) -> R:
+    async def _call_async(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
         stored = run.history.get(seq)
         app = self.app
         if stored is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import queue
 import signal
 import threading
@@ -29,9 +31,9 @@ class _DaemonThreads:
     """A fixed pool of daemon threads (``ThreadPoolExecutor`` threads are joined at exit)."""
 
     def __init__(self, size: int) -> None:
-        self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._tasks: queue.SimpleQueue[
+            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"stepstone-job-{i}", daemon=True)
             for i in range(size)
@@ -106,10 +108,8 @@ class Worker:
         """Look for due jobs now rather than at the next poll."""
         loop, event = self._loop, self._wake
         if loop is not None and event is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:
-                pass
 
     def run(self) -> None:
         """Run in this thread until stopped; handles SIGTERM/SIGINT in the main thread."""
@@ -125,8 +125,10 @@ class Worker:
         app._workers.add(self)
         names = sorted(app.jobs)
         if not names:
-            logger.warning("this App declares no jobs; the worker has nothing to run",
-                           extra={"action": "worker.no_jobs"})
+            logger.warning(
+                "this App declares no jobs; the worker has nothing to run",
+                extra={"action": "worker.no_jobs"},
+            )
         logger.info(
             "worker %s started: %d job(s), concurrency %d, queues %s, %s",
             self.owner,
@@ -147,9 +149,13 @@ class Worker:
                 claimed = await self._claim(names)
                 for job in claimed:
                     self._start(job, threads)
-                if self.until_idle and not self.running and not claimed:
-                    if await self._idle(names):
-                        break
+                if (
+                    self.until_idle
+                    and not self.running
+                    and not claimed
+                    and await self._idle(names)
+                ):
+                    break
                 if claimed and len(self.running) < self.concurrency:
                     continue
                 await self._wait(self._poll_delay(rescue_every))
@@ -168,7 +174,7 @@ class Worker:
         if threading.current_thread() is not threading.main_thread():
             return []
         assert self._loop is not None
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
@@ -182,8 +188,9 @@ class Worker:
         logger.warning(
             "%s received: %s",
             signal.Signals(sig).name,
-            "releasing running jobs now" if hard else
-            f"stopping; running steps get {self.shutdown_grace:g}s to finish (again to force)",
+            "releasing running jobs now"
+            if hard
+            else f"stopping; running steps get {self.shutdown_grace:g}s to finish (again to force)",
             extra={"action": "worker.stopping"},
         )
         self.stop(now=hard)
@@ -216,7 +223,9 @@ class Worker:
                 )
             )
         except StoreError:
-            logger.exception("claiming jobs failed; retrying", extra={"action": "worker.claim_failed"})
+            logger.exception(
+                "claiming jobs failed; retrying", extra={"action": "worker.claim_failed"}
+            )
             await asyncio.sleep(min(1.0, app.lease / 4))
             return []
         self.claimed_total += len(claimed)
@@ -229,7 +238,9 @@ class Worker:
                 lambda: app.store.job_rescue_expired(now=app.clock.now())
             )
         except StoreError:
-            logger.exception("rescuing expired leases failed", extra={"action": "worker.rescue_failed"})
+            logger.exception(
+                "rescuing expired leases failed", extra={"action": "worker.rescue_failed"}
+            )
             return
         for job_id in rescue.requeued:
             logger.warning(
@@ -259,7 +270,12 @@ class Worker:
             job.name,
             job.attempt,
             job.fence,
-            extra={"action": "job.claimed", "job_id": job.id, "job": job.name, "attempt": job.attempt},
+            extra={
+                "action": "job.claimed",
+                "job_id": job.id,
+                "job": job.name,
+                "attempt": job.attempt,
+            },
         )
         future: asyncio.Future[Any]
         if definition.is_async:
@@ -267,7 +283,7 @@ class Worker:
         else:
             future = asyncio.wrap_future(threads.submit(lambda: execute_sync(self.app, job)))
         self.running[job.id] = future
-        future.add_done_callback(lambda done, job_id=job.id: self._done(job_id, done))
+        future.add_done_callback(functools.partial(self._done, job.id))
 
     def _done(self, job_id: str, future: asyncio.Future[Any]) -> None:
         self.running.pop(job_id, None)
@@ -304,11 +320,14 @@ class Worker:
         for run in runs:
             try:
                 released = await app._call_store(
-                    lambda run=run: app.store.job_release(run.job_id, run.fence, now=app.clock.now())
+                    app.store.job_release, run.job_id, run.fence, now=app.clock.now()
                 )
             except StoreError:
-                logger.exception("could not release job %s", run.job_id,
-                                 extra={"action": "store.error", "job_id": run.job_id})
+                logger.exception(
+                    "could not release job %s",
+                    run.job_id,
+                    extra={"action": "store.error", "job_id": run.job_id},
+                )
                 continue
             if released:
                 from .errors import LeaseLost

@@ -37,7 +37,7 @@ Q = load_queries("sqlite")
 _LOCKED_RETRY_SECONDS = 30.0
 
 
-def _job_record(row: Mapping[str, Any]) -> JobRecord:
+def _job_record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         name=row["name"],
@@ -251,7 +251,7 @@ class SQLiteStore(Store):
         self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
     ) -> InsertResult:
         claimed = owner is not None
-        params = {
+        params: dict[str, Any] = {
             "id": job.id,
             "name": job.name,
             "queue": job.queue,
@@ -275,19 +275,19 @@ class SQLiteStore(Store):
                     queue=job.queue,
                     key=job.key,
                     args=job.args,
-                    state=JobState(params["state"]),
+                    state=JobState.RUNNING if claimed else JobState.QUEUED,
                     priority=job.priority,
                     run_at=job.run_at,
-                    attempts=params["attempts"],
-                    fence=params["fence"],
+                    attempts=1 if claimed else 0,
+                    fence=1 if claimed else 0,
                     reclaims=0,
                     lease_owner=owner,
-                    lease_expires_at=params["lease_until"],
+                    lease_expires_at=lease_until if claimed else None,
                     result=None,
                     error=None,
                     created_at=now,
                     updated_at=now,
-                    started_at=params["started_at"],
+                    started_at=now if claimed else None,
                     finished_at=None,
                 )
                 return InsertResult(record, created=True)
