@@ -107,9 +107,17 @@ class JobRun:
                 stored.name,
                 extra={"action": "step.replayed", "step": stored.name},
             )
-        if stored.status == "ok":
-            return loads(stored.value, step.return_type)
-        raise error_from_record(json.loads(stored.value))
+        try:
+            if stored.status == "ok":
+                return loads(stored.value, step.return_type)
+            record = json.loads(stored.value)
+        except (SerializationError, ValueError) as exc:
+            raise SerializationError(
+                f"the checkpoint of step {stored.name} of job {self.job_id} cannot be decoded "
+                f"({exc}); the step's return type changed or the row was edited. Drop the "
+                "job's history from this step on or fix the row, then retry the job."
+            ) from exc
+        raise error_from_record(record)
 
     # writes -----------------------------------------------------------------------------
     def checkpoint(self, seq: int, ident: str, status: str, value: str, attempts: int) -> None:

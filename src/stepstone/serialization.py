@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import inspect
 import sys
 import traceback
@@ -343,13 +342,14 @@ def error_to_record(exc: BaseException) -> dict[str, Any]:
 
 
 def _find_class(dotted: str) -> type[BaseException] | None:
-    """Import ``module.QualName``, trying the longest importable module prefix first."""
+    """Find ``module.QualName`` among the modules already imported, longest prefix first.
+
+    Nothing is imported on behalf of a stored row: loading stays free of side effects.
+    """
     parts = dotted.split(".")
     for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
-        except Exception:  # not a module, gone, or failing on import
+        obj: Any = sys.modules.get(".".join(parts[:split]))
+        if obj is None:
             continue
         try:
             for attr in parts[split:]:
