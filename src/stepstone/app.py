@@ -55,8 +55,10 @@ class App:
     reads ``$STEPSTONE_DATABASE_URL``, else ``sqlite:///stepstone.db``. ``lease`` is how
     long (seconds or a ``timedelta``) a worker's claim lasts without a heartbeat.
     ``durability="full"`` fsyncs every checkpoint too. Options: ``clock`` (tests),
-    ``poll_interval`` (seconds between idle polls), ``shutdown_grace`` (seconds a stopping
-    worker waits for running steps), ``busy_timeout`` (SQLite).
+    ``poll_interval`` (default 1 s: the longest an idle worker waits before looking for
+    due jobs again; it notices new jobs through the store's change marker within
+    milliseconds), ``shutdown_grace`` (default 30 s: how long a stopping worker lets
+    running steps finish), ``busy_timeout`` (SQLite, default 30 s).
     """
 
     def __init__(
@@ -80,7 +82,7 @@ class App:
             raise ValueError("lease must be positive")
         self.durability = durability
         self.clock: Clock = options.get("clock") or SystemClock()
-        self.poll_interval = float(options.get("poll_interval", 0.05))
+        self.poll_interval = float(options.get("poll_interval", 1.0))
         self.shutdown_grace = float(options.get("shutdown_grace", 30.0))
         self._store_options = {"durability": durability}
         if "busy_timeout" in options:
@@ -381,7 +383,7 @@ class App:
                 )
                 continue
             if record.state == JobState.QUEUED:
-                self.clock.sleep(min(record.run_at - now, self.poll_interval * 10))
+                self.clock.sleep(min(record.run_at - now, self.poll_interval))
                 continue
             if (
                 record.state == JobState.RUNNING
@@ -390,7 +392,7 @@ class App:
             ):
                 self.store.job_rescue_expired(now=now)
                 continue
-            self._wait_for_finish(min(self.poll_interval * 4, self.lease / 4))
+            self._wait_for_finish(min(0.05, self.lease / 4))
 
     def _claimed_from(self, record: JobRecord) -> Any:
         from .store.base import ClaimedJob

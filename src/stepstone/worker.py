@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .context import logger
 from .errors import StoreError
 from .runner import execute_async, execute_sync
-from .store.base import ClaimedJob
+from .store.base import ClaimedJob, IdleStatus
+
+#: How often an idle worker asks the store whether anything changed.
+_CHANGE_CHECK_SECONDS = 0.005
 
 if TYPE_CHECKING:
     from .app import App
@@ -146,19 +149,21 @@ class Worker:
                 if loop_now >= next_rescue:
                     next_rescue = loop_now + rescue_every
                     await self._rescue()
+                marker = await app._call_store(app.store.change_marker)
                 claimed = await self._claim(names)
                 for job in claimed:
                     self._start(job, threads)
-                if (
-                    self.until_idle
-                    and not self.running
-                    and not claimed
-                    and await self._idle(names)
-                ):
-                    break
                 if claimed and len(self.running) < self.concurrency:
                     continue
-                await self._wait(self._poll_delay(rescue_every))
+                timeout = min(app.poll_interval, max(next_rescue - self._loop.time(), 0.0))
+                if not claimed and len(self.running) < self.concurrency:
+                    status = await self._idle_status(names)
+                    if self.until_idle and not self.running and not status.due:
+                        if status.running == 0:
+                            break
+                    elif status.next_run_at is not None:
+                        timeout = min(timeout, max(status.next_run_at - app.clock.now(), 0.0))
+                await self._wait(timeout, marker)
             await self._drain()
         finally:
             app._workers.discard(self)
@@ -166,9 +171,6 @@ class Worker:
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
             logger.info("worker %s stopped", self.owner, extra={"action": "worker.stopped"})
-
-    def _poll_delay(self, rescue_every: float) -> float:
-        return min(self.app.poll_interval, rescue_every)
 
     def _install_signals(self) -> list[int]:
         if threading.current_thread() is not threading.main_thread():
@@ -195,12 +197,31 @@ class Worker:
         )
         self.stop(now=hard)
 
-    async def _wait(self, seconds: float) -> None:
-        assert self._wake is not None
+    async def _wait(self, seconds: float, marker: int | None) -> None:
+        """Wait until a job finishes, a wake-up, a change in the store, or ``seconds`` pass.
+
+        A store that can tell cheaply whether anything changed (SQLite's data version) is
+        asked every few milliseconds, so a job enqueued by another process starts within
+        milliseconds without the worker taking a write lock to look for it.
+        """
+        assert self._wake is not None and self._loop is not None
+        app = self.app
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         waiters.extend(self.running.values())
+        deadline = self._loop.time() + seconds
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    return
+                step = remaining if marker is None else min(remaining, _CHANGE_CHECK_SECONDS)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=step, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    return
+                if marker is not None and await app._call_store(app.store.change_marker) != marker:
+                    return
         finally:
             waiters[0].cancel()
             self._wake.clear()
@@ -255,12 +276,17 @@ class Worker:
                 extra={"action": "job.poisoned", "job_id": job_id},
             )
 
-    async def _idle(self, names: list[str]) -> bool:
+    async def _idle_status(self, names: list[str]) -> IdleStatus:
         app = self.app
-        status = await app._call_store(
-            lambda: app.store.job_idle_status(names=names, queues=self.queues, now=app.clock.now())
-        )
-        return not status.due and status.running == 0
+        try:
+            return await app._call_store(
+                lambda: app.store.job_idle_status(
+                    names=names, queues=self.queues, now=app.clock.now()
+                )
+            )
+        except StoreError:
+            logger.exception("reading the queue failed", extra={"action": "worker.poll_failed"})
+            return IdleStatus(due=True, running=1, next_run_at=None)
 
     def _start(self, job: ClaimedJob, threads: _DaemonThreads) -> None:
         definition = self.app.jobs[job.name]

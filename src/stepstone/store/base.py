@@ -152,6 +152,14 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def change_marker(self) -> int | None:
+        """A number that changes whenever another connection commits, if cheap to know.
+
+        Idle workers poll it to notice new work without querying for it. None means the
+        store cannot tell, and workers fall back to claiming every poll interval.
+        """
+        return None
+
     # jobs -------------------------------------------------------------------------------
     @abc.abstractmethod
     def job_insert(

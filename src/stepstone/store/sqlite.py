@@ -215,6 +215,13 @@ class SQLiteStore(Store):
         with self._translate():
             return self._reader().execute(sql, params).fetchall()
 
+    def change_marker(self) -> int | None:
+        """SQLite's data version: it changes when any other connection commits."""
+        if self.memory:
+            return None  # one connection only; in-process wake-ups cover it
+        with self._translate():
+            return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
