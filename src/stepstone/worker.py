@@ -163,7 +163,8 @@ class Worker:
                             break
                     elif status.next_run_at is not None:
                         timeout = min(timeout, max(status.next_run_at - app.clock.now(), 0.0))
-                await self._wait(timeout, marker)
+                full = len(self.running) >= self.concurrency
+                await self._wait(timeout, None if full else marker)
             await self._drain()
         finally:
             app._workers.discard(self)

@@ -339,16 +339,16 @@ class SQLiteStore(Store):
             "now": now,
             "lease_until": lease_until,
         }
-        with self._writing(durable=False) as conn:
-            rows = conn.execute(Q["job_claim_due"], params).fetchall()
+        with self._lock, self._translate():  # one statement: its own transaction
+            rows = self._write.execute(Q["job_claim_due"], params).fetchall()
         return _claimed(rows)
 
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
         params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
-        with self._writing(durable=False) as conn:
-            rows = conn.execute(Q["job_claim"], params).fetchall()
+        with self._lock, self._translate():
+            rows = self._write.execute(Q["job_claim"], params).fetchall()
         claimed = _claimed(rows)
         return claimed[0] if claimed else None
 
