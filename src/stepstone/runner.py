@@ -193,6 +193,17 @@ class JobRun:
         except SerializationError as exc:
             raise SerializationError(f"step {ident} of job {self.name}: {exc}") from exc
 
+    def log_step_started(self, ident: str, attempt: int) -> float:
+        """Log (at DEBUG) that a step's body starts; return the start time."""
+        if logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "step %s started (attempt %d)",
+                ident,
+                attempt,
+                extra={"action": "step.started", "step": ident},
+            )
+        return time.perf_counter()
+
     def log_step(self, ident: str, attempt: int, started: float) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
@@ -65,7 +64,7 @@ class StepDefinition(Generic[P, R]):
         attempt = 0
         while True:
             attempt += 1
-            started = time.perf_counter()
+            started = run.log_step_started(ident, attempt)
             token = current_step.set(StepFrame(self.name, ident, seq, attempt))
             try:
                 value = self.fn(*args, **kwargs)
@@ -91,7 +90,7 @@ class StepDefinition(Generic[P, R]):
         attempt = 0
         while True:
             attempt += 1
-            started = time.perf_counter()
+            started = run.log_step_started(ident, attempt)
             token = current_step.set(StepFrame(self.name, ident, seq, attempt))
             try:
                 value = await cast(Any, self.fn)(*args, **kwargs)

@@ -205,7 +205,8 @@ class Worker:
         asked every few milliseconds, so a job enqueued by another process starts within
         milliseconds without the worker taking a write lock to look for it.
         """
-        assert self._wake is not None and self._loop is not None
+        assert self._wake is not None
+        assert self._loop is not None
         app = self.app
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         waiters.extend(self.running.values())

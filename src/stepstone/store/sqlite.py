@@ -10,6 +10,7 @@ checkpoints with ``NORMAL`` (they survive a process crash), unless ``durability=
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -101,7 +102,14 @@ class SQLiteStore(Store):
 
     inline_calls = True
 
-    def __init__(self, path: str, *, durability: str = "normal", busy_timeout: float = 30.0):
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = 30.0,
+        migrate: bool = True,
+    ) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
         self.memory = path == ":memory:" or path.startswith("file::memory:")
@@ -109,9 +117,13 @@ class SQLiteStore(Store):
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._closed = False
+        if not self.memory:
+            self._check_writable()
         self._write = self._connect()
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     # connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -134,11 +146,28 @@ class SQLiteStore(Store):
             conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
             return conn
 
+    def _check_writable(self) -> None:
+        """SQLite opens a file it cannot write read-only, silently: refuse that up front."""
+        path = os.path.abspath(self.path)
+        folder = os.path.dirname(path)
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise StoreError(
+                f"SQLite database {self.path!r} is read-only for this user; stepstone needs "
+                "to write to it (check its owner and permissions)"
+            )
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"the folder of SQLite database {self.path!r} is not writable for this user; "
+                "SQLite needs to create the -wal and -shm files beside the database"
+            )
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
         return conn
 
     def _retry_locked(self, operation: Any) -> Any:
@@ -168,7 +197,7 @@ class SQLiteStore(Store):
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return StoreError(
                 f"{where} is not a stepstone database or is corrupt ({text}); "
-                "point App() at another file, or restore this one from a backup"
+                "use another database URL, or restore this file from a backup"
             )
         if "unable to open" in text:
             return StoreError(
@@ -227,10 +256,9 @@ class SQLiteStore(Store):
             if self._closed:
                 return
             self._closed = True
-            self._write.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+            for conn in [self._write, *self._readers]:
+                conn.close()
+            self._readers.clear()
 
     # migrations -------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -315,7 +343,7 @@ class SQLiteStore(Store):
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
     ) -> list[JobRecord]:
         params = {
-            "states": json.dumps(list(states)) if states else None,
+            "states": json.dumps(list(states)) if states is not None else None,
             "name": name,
             "limit": limit,
         }
@@ -334,7 +362,7 @@ class SQLiteStore(Store):
         params = {
             "owner": owner,
             "names": json.dumps(list(names)),
-            "queues": json.dumps(list(queues)) if queues else None,
+            "queues": json.dumps(list(queues)) if queues is not None else None,
             "limit": limit,
             "now": now,
             "lease_until": lease_until,
@@ -357,7 +385,7 @@ class SQLiteStore(Store):
     ) -> IdleStatus:
         params = {
             "names": json.dumps(list(names)),
-            "queues": json.dumps(list(queues)) if queues else None,
+            "queues": json.dumps(list(queues)) if queues is not None else None,
             "now": now,
         }
         due = bool(self._read(Q["job_due_exists"], params)[0][0])
@@ -402,7 +430,7 @@ class SQLiteStore(Store):
                             Q["error_insert_unfenced"],
                             {
                                 "job_id": row["id"],
-                                "attempt": 0,
+                                "attempt": row["attempts"],
                                 "fence": row["fence"],
                                 "error": error,
                                 "now": now,
@@ -530,6 +558,10 @@ class SQLiteStore(Store):
             try:
                 inserted = conn.execute(Q["checkpoint_insert"], params).rowcount
             except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+                    raise StoreError(
+                        f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
+                    ) from exc
                 raise LeaseLost(
                     f"job {job_id}: checkpoint #{seq} ({name}) already exists; a run with "
                     f"fencing token {fence} cannot write it again"

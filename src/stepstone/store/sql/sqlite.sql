@@ -65,7 +65,7 @@ UPDATE stepstone_jobs SET lease_expires_at = :lease_until
 WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- name: job_expired_leases
-SELECT id, fence, reclaims, progress,
+SELECT id, fence, attempts, reclaims, progress,
        (SELECT count(*) FROM stepstone_checkpoints c WHERE c.job_id = j.id) AS checkpoints
 FROM stepstone_jobs j INDEXED BY stepstone_jobs_leases
 WHERE state = 'running' AND lease_expires_at < :now

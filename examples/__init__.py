@@ -1,0 +1,1 @@
+"""Runnable examples of stepstone (a package, so ``examples.attachment_indexer:app`` imports)."""

@@ -1,0 +1,240 @@
+"""The schema the migrations build equals the schema declared here.
+
+A new migration must update the declaration, so every schema change is reviewed as a
+change of this file. Each backend declares its own schema and reads the real one from
+its catalogue (SQLite: ``sqlite_schema`` and the ``table_xinfo`` / ``index_*`` pragmas;
+PostgreSQL, when it comes: ``information_schema.columns`` and ``pg_indexes``).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stepstone.store import open_store
+from stepstone.store.queries import load_migrations
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: its declared type, whether it is NOT NULL, its default, its place in the key."""
+
+    name: str
+    type: str
+    not_null: bool = False
+    default: str | None = None
+    primary_key: int = 0
+
+
+@dataclass(frozen=True)
+class Index:
+    """A secondary index: its table, its columns (with ``DESC``), uniqueness, partial clause."""
+
+    table: str
+    columns: tuple[str, ...]
+    unique: bool = False
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Tables with their columns, named indexes, and the unique constraints on columns."""
+
+    tables: dict[str, tuple[Column, ...]]
+    indexes: dict[str, Index]
+    unique: frozenset[tuple[str, tuple[str, ...]]]
+    without_rowid: frozenset[str]
+
+
+def _required(name: str, type_: str, default: str | None = None) -> Column:
+    return Column(name, type_, not_null=True, default=default)
+
+
+SQLITE_SCHEMA = Schema(
+    tables={
+        "stepstone_migrations": (
+            Column("version", "INTEGER", primary_key=1),
+            _required("name", "TEXT"),
+            _required("applied_at", "REAL"),
+        ),
+        "stepstone_jobs": (
+            Column("id", "TEXT", primary_key=1),
+            _required("name", "TEXT"),
+            _required("queue", "TEXT"),
+            Column("key", "TEXT"),
+            _required("args", "TEXT"),
+            _required("state", "TEXT"),
+            _required("priority", "INTEGER", "0"),
+            _required("run_at", "REAL"),
+            _required("attempts", "INTEGER", "0"),
+            _required("replay", "INTEGER", "0"),
+            _required("fence", "INTEGER", "0"),
+            _required("reclaims", "INTEGER", "0"),
+            _required("progress", "INTEGER", "-1"),
+            Column("lease_owner", "TEXT"),
+            Column("lease_expires_at", "REAL"),
+            Column("result", "TEXT"),
+            Column("error", "TEXT"),
+            _required("created_at", "REAL"),
+            _required("updated_at", "REAL"),
+            Column("started_at", "REAL"),
+            Column("finished_at", "REAL"),
+        ),
+        "stepstone_checkpoints": (
+            Column("job_id", "TEXT", not_null=True, primary_key=1),
+            Column("seq", "INTEGER", not_null=True, primary_key=2),
+            _required("name", "TEXT"),
+            _required("status", "TEXT"),
+            _required("value", "TEXT"),
+            _required("attempts", "INTEGER"),
+            _required("fence", "INTEGER"),
+            _required("created_at", "REAL"),
+        ),
+        "stepstone_errors": (
+            Column("id", "INTEGER", primary_key=1),
+            _required("job_id", "TEXT"),
+            _required("attempt", "INTEGER"),
+            Column("seq", "INTEGER"),
+            Column("step", "TEXT"),
+            _required("fence", "INTEGER"),
+            _required("error", "TEXT"),
+            _required("created_at", "REAL"),
+        ),
+    },
+    indexes={
+        "stepstone_jobs_due": Index(
+            "stepstone_jobs", ("priority DESC", "run_at"), where="state = 'queued'"
+        ),
+        "stepstone_jobs_leases": Index(
+            "stepstone_jobs", ("lease_expires_at",), where="state = 'running'"
+        ),
+        "stepstone_jobs_finished": Index(
+            "stepstone_jobs", ("finished_at",), where="finished_at IS NOT NULL"
+        ),
+        "stepstone_jobs_created": Index("stepstone_jobs", ("created_at",)),
+        "stepstone_errors_job": Index("stepstone_errors", ("job_id", "id")),
+    },
+    unique=frozenset({("stepstone_jobs", ("key",))}),
+    without_rowid=frozenset({"stepstone_checkpoints"}),
+)
+
+
+def read_sqlite_schema(path: Path) -> Schema:
+    """The schema of the SQLite database at ``path``, as the catalogue reports it."""
+    conn = sqlite3.connect(path)
+    try:
+        tables: dict[str, tuple[Column, ...]] = {}
+        indexes: dict[str, Index] = {}
+        unique: set[tuple[str, tuple[str, ...]]] = set()
+        without_rowid: set[str] = set()
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        for table, sql in rows:
+            if re.search(r"\)\s*WITHOUT\s+ROWID\s*$", sql, re.IGNORECASE):
+                without_rowid.add(table)
+            tables[table] = tuple(
+                Column(name, type_, bool(not_null), default, pk)
+                for _, name, type_, not_null, default, pk, _ in conn.execute(
+                    f"PRAGMA table_xinfo({table})"
+                )
+            )
+            for _, index, is_unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
+                columns = tuple(
+                    name + (" DESC" if desc else "")
+                    for _, _, name, desc, _, key in conn.execute(f"PRAGMA index_xinfo({index})")
+                    if key
+                )
+                if origin == "u":
+                    unique.add((table, columns))
+                elif origin == "c":
+                    [sql_text] = conn.execute(
+                        "SELECT sql FROM sqlite_schema WHERE name = ?", (index,)
+                    ).fetchone()
+                    where = re.search(r"\bWHERE\b(.*)$", sql_text, re.IGNORECASE | re.DOTALL)
+                    indexes[index] = Index(
+                        table,
+                        columns,
+                        bool(is_unique),
+                        " ".join(where[1].split()) if where else None,
+                    )
+        return Schema(tables, indexes, frozenset(unique), frozenset(without_rowid))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    """A SQLite file that the store created and migrated, then closed."""
+    path = tmp_path / "schema.db"
+    open_store(f"sqlite:///{path}").close()
+    return path
+
+
+def test_sqlite_tables_and_columns_are_as_declared(sqlite_path: Path) -> None:
+    """The migrations create exactly the declared tables, with the declared columns in order."""
+    assert read_sqlite_schema(sqlite_path).tables == SQLITE_SCHEMA.tables
+
+
+def test_sqlite_indexes_are_as_declared(sqlite_path: Path) -> None:
+    """The migrations create exactly the declared indexes and unique constraints."""
+    schema = read_sqlite_schema(sqlite_path)
+    assert schema.indexes == SQLITE_SCHEMA.indexes
+    assert schema.unique == SQLITE_SCHEMA.unique
+    assert schema.without_rowid == SQLITE_SCHEMA.without_rowid
+
+
+def test_sqlite_every_migration_is_recorded(sqlite_path: Path) -> None:
+    """Each migration file is recorded once, by version and name."""
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        recorded = conn.execute(
+            "SELECT version, name FROM stepstone_migrations ORDER BY version"
+        ).fetchall()
+    finally:
+        conn.close()
+    expected = [(migration.version, migration.name) for migration in load_migrations("sqlite")]
+    assert recorded == expected
+    assert expected[0] == (1, "initial")
+
+
+def test_sqlite_migrating_again_changes_nothing(sqlite_path: Path) -> None:
+    """Reopening a migrated database applies nothing and leaves the schema as it was."""
+    store = open_store(f"sqlite:///{sqlite_path}")
+    try:
+        assert store.migrate() == []
+    finally:
+        store.close()
+    assert read_sqlite_schema(sqlite_path) == SQLITE_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        pytest.param(
+            "INSERT INTO stepstone_jobs (id, name, queue, args, state, run_at, created_at, "
+            "updated_at) VALUES ('j', 'n', 'q', '[]', ?, 0, 0, 0)",
+            ("sleeping",),
+            id="job-state",
+        ),
+        pytest.param(
+            "INSERT INTO stepstone_checkpoints (job_id, seq, name, status, value, attempts, "
+            "fence, created_at) VALUES ('j', 0, 'n', ?, '1', 1, 1, 0)",
+            ("maybe",),
+            id="checkpoint-status",
+        ),
+    ],
+)
+def test_sqlite_states_and_statuses_are_checked(sqlite_path: Path, sql: str, params: tuple) -> None:
+    """The schema itself refuses a job state or checkpoint status outside the known ones."""
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute(sql, params)
+    finally:
+        conn.close()
