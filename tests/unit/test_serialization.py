@@ -497,15 +497,17 @@ def test_async_function_return_type_is_the_awaited_type() -> None:
     assert ArgumentCodec(fetch).return_type == list[int]
 
 
-def test_unresolvable_hints_fall_back_to_any() -> None:
-    """A function whose annotations cannot be resolved decodes its arguments untyped."""
+def test_unresolvable_hints_fall_back_to_any_with_a_warning() -> None:
+    """An annotation that cannot be resolved decodes untyped, warns, and spares the others."""
 
     def job(a: MissingType, b: int) -> AlsoMissing:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     codec = ArgumentCodec(job)
-    assert codec.return_type is Any
+    with pytest.warns(UserWarning, match="cannot be resolved"):
+        assert codec.return_type is Any
     assert codec.decode(codec.encode(({"k": 1}, 2), {})) == (({"k": 1}, 2), {})
+    assert codec._hints["b"] is int
 
 
 def test_hints_resolve_on_first_use() -> None:
@@ -609,23 +611,36 @@ def test_rebuildable_permanent_error_keeps_its_class() -> None:
     assert isinstance(rebuilt, Permanent)
 
 
-def test_unbuildable_error_gives_a_stored_error() -> None:
-    """A class whose constructor rejects the stored args gives a StoredError naming the type."""
-    rebuilt = _replay(Unbuildable(4, "nope"))
+def test_error_with_its_own_constructor_keeps_its_class_and_fields() -> None:
+    """A class whose __init__ takes other arguments than its args is rebuilt, fields too."""
+    original = Unbuildable(4, "nope")
+    original.code = 4  # type: ignore[attr-defined]
+    rebuilt = _replay(original)
+    assert type(rebuilt) is Unbuildable
+    assert str(rebuilt) == "4: nope"
+    assert rebuilt.code == 4  # type: ignore[attr-defined]
+
+
+def test_error_of_a_class_not_loaded_here_gives_a_stored_error() -> None:
+    """A class whose module is not imported in this process gives a StoredError stand-in."""
+    record = error_to_record(_raised(Unbuildable(4, "nope")))
+    record["type"] = "some_module_not_imported.Unbuildable"
+    rebuilt = error_from_record(loads(dumps(record)))
     assert type(rebuilt) is StoredError
     assert "Unbuildable" in str(rebuilt)
     assert "4: nope" in str(rebuilt)
-    assert rebuilt.type_name.endswith(".Unbuildable")
+    assert rebuilt.type_name == "some_module_not_imported.Unbuildable"
     assert "Traceback" in (rebuilt.remote_traceback or "")
     assert not isinstance(rebuilt, Permanent)
 
 
-def test_unbuildable_permanent_error_stays_permanent() -> None:
-    """A Permanent class that cannot be rebuilt gives a PermanentStoredError."""
-    rebuilt = _replay(FatalUnbuildable(9, "fatal"))
+def test_permanent_error_not_loaded_here_stays_permanent() -> None:
+    """A Permanent error whose class is not loaded here gives a PermanentStoredError."""
+    record = error_to_record(_raised(FatalUnbuildable(9, "fatal")))
+    record["type"] = "some_module_not_imported.FatalUnbuildable"
+    rebuilt = error_from_record(loads(dumps(record)))
     assert type(rebuilt) is PermanentStoredError
     assert isinstance(rebuilt, Permanent)
-    assert "FatalUnbuildable" in str(rebuilt)
 
 
 def test_missing_class_gives_a_stored_error() -> None:

@@ -1,0 +1,187 @@
+"""Shared fixtures: a fresh SQLite file per test, a fake clock, subprocess workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import stepstone
+from stepstone import App
+
+#: Where the stepstone under test lives, so subprocesses run the very same code.
+SRC = Path(stepstone.__file__).resolve().parent.parent
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+#: 2023-11-14T22:13:20Z: far from the epoch, so that "now" and "0" never mix up.
+EPOCH = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock that only moves when told to; ``sleep`` moves it and returns at once.
+
+    Every sleep is recorded in ``sleeps`` so tests can assert exact backoff delays.
+    Thread-safe: workers call it from their loop, job threads and the heartbeat thread.
+    """
+
+    def __init__(self, start: float = EPOCH) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self._now += max(seconds, 0.0)
+
+    async def sleep_async(self, seconds: float) -> None:
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A path for a fresh SQLite database file, unique to this test."""
+    return tmp_path / "stepstone.db"
+
+
+@pytest.fixture
+def db_url(db_path: Path) -> str:
+    """The ``sqlite:///`` URL of this test's fresh database file."""
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock starting at ``EPOCH``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_app(db_url: str) -> Iterator[Callable[..., App]]:
+    """A factory of Apps on this test's database; each is closed at teardown."""
+    apps: list[App] = []
+
+    def make(**options: object) -> App:
+        app = App(db_url, **options)  # type: ignore[arg-type]
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App], clock: FakeClock) -> App:
+    """An App on this test's fresh database, driven by the fake clock."""
+    return make_app(clock=clock)
+
+
+WORKER_SCRIPT = """
+import logging, os, sys
+logging.basicConfig(
+    level=logging.INFO, stream=sys.stderr, format="%(levelname)s:%(name)s:%(message)s"
+)
+import workerapp
+app = workerapp.build_app(
+    os.environ["STEPSTONE_DATABASE_URL"],
+    lease=float(os.environ["STEPSTONE_TEST_LEASE"]),
+    grace=float(os.environ["STEPSTONE_TEST_GRACE"]),
+)
+app.run_worker(
+    concurrency=int(os.environ["STEPSTONE_TEST_CONCURRENCY"]),
+    until_idle=os.environ["STEPSTONE_TEST_UNTIL_IDLE"] == "1",
+)
+"""
+
+
+class WorkerProcess:
+    """A worker subprocess running ``tests/integration/workerapp.py``; stderr goes to a file."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stderr_path: Path) -> None:
+        self.popen = popen
+        self.stderr_path = stderr_path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.popen.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker subprocesses on this test's database (killed at teardown if still alive).
+
+    ``spawn_worker(role=, lease=1.0, grace=30.0, concurrency=2, until_idle=False)``; the
+    role is passed as ``STEPSTONE_TEST_ROLE`` so workerapp's steps know they run in the
+    subprocess.
+    """
+    started: list[WorkerProcess] = []
+
+    def spawn(
+        *,
+        role: str = "subprocess",
+        lease: float = 1.0,
+        grace: float = 30.0,
+        concurrency: int = 2,
+        until_idle: bool = False,
+    ) -> WorkerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(SRC), str(INTEGRATION), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env.update(
+            STEPSTONE_DATABASE_URL=db_url,
+            STEPSTONE_TEST_ROLE=role,
+            STEPSTONE_TEST_LEASE=str(lease),
+            STEPSTONE_TEST_GRACE=str(grace),
+            STEPSTONE_TEST_CONCURRENCY=str(concurrency),
+            STEPSTONE_TEST_UNTIL_IDLE="1" if until_idle else "0",
+        )
+        stderr_path = tmp_path / f"worker-{len(started)}.stderr"
+        with stderr_path.open("wb") as stderr:
+            popen = subprocess.Popen(
+                [sys.executable, "-c", WORKER_SCRIPT],
+                env=env,
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        worker = WorkerProcess(popen, stderr_path)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        if worker.popen.poll() is None:
+            try:
+                worker.popen.send_signal(signal.SIGCONT)
+                worker.popen.kill()
+            except ProcessLookupError:
+                pass
+            worker.popen.wait(10)
