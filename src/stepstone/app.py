@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -36,6 +37,17 @@ _OPTIONS = {"clock", "poll_interval", "shutdown_grace", "busy_timeout", "store"}
 
 def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _declaring_scope() -> dict[str, Any] | None:
+    """The local names of the user code that applies a decorator, for resolving its type
+    hints later (a class declared in a function body). None at module level."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("stepstone."):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_locals is frame.f_globals:
+        return None
+    return dict(frame.f_locals)
 
 
 def new_job_id() -> str:
@@ -174,6 +186,7 @@ class App:
             definition = JobDefinition(
                 self,
                 function,
+                localns=_declaring_scope(),
                 name=job_name,
                 queue=queue,
                 retry=retry or DEFAULT_JOB_RETRY,
@@ -221,7 +234,11 @@ class App:
         def register(function: Callable[P, R]) -> StepDefinition[P, R]:
             step_name = name or function.__name__
             definition = StepDefinition(
-                self, function, name=step_name, retry=retry or DEFAULT_STEP_RETRY
+                self,
+                function,
+                name=step_name,
+                retry=retry or DEFAULT_STEP_RETRY,
+                localns=_declaring_scope(),
             )
             self.steps[step_name] = definition
             return definition

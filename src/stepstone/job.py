@@ -6,7 +6,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .retry import Retry
 from .serialization import ArgumentCodec
@@ -33,6 +33,7 @@ class JobDefinition(Generic[P, R]):
         retry: Retry,
         priority: int,
         timeout: float | timedelta | None,
+        localns: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -42,7 +43,7 @@ class JobDefinition(Generic[P, R]):
         self.priority = priority
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.codec = ArgumentCodec(fn)
+        self.codec = ArgumentCodec(fn, localns=localns)
         functools.update_wrapper(self, fn)
 
     @property

@@ -22,7 +22,9 @@ import functools
 import inspect
 import sys
 import traceback
+import types
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -187,6 +189,43 @@ def _unwrap_partial(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _closure_names(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The free variables a function closes over, by name."""
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None) or ()
+    names: dict[str, Any] = {}
+    if code is None:
+        return names
+    for name, cell in zip(code.co_freevars, cells, strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            names[name] = cell.cell_contents
+    return names
+
+
+def _hints_one_by_one(
+    fn: Callable[..., Any], localns: dict[str, Any], qualname: str
+) -> dict[str, Any]:
+    """Resolve each annotation alone, so that one bad name does not lose them all."""
+    annotations = getattr(fn, "__annotations__", None) or {}
+    globalns = getattr(fn, "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in annotations.items():
+        try:
+            holder = types.SimpleNamespace(__annotations__={name: annotation})
+            hints[name] = typing.get_type_hints(
+                holder, globalns=globalns, localns=localns, include_extras=True
+            )[name]
+        except Exception as exc:
+            label = "the return annotation" if name == "return" else f"parameter {name!r}"
+            warnings.warn(
+                f"{qualname}: {label} ({annotation!r}) cannot be resolved ({exc}); its "
+                "stored values will load back as plain JSON. Declare the type at module "
+                "level or import it where the function is declared.",
+                stacklevel=2,
+            )
+    return hints
+
+
 class ArgumentCodec:
     """Store a function's call arguments as JSON and rebuild them, typed by its annotations.
 
@@ -194,18 +233,24 @@ class ArgumentCodec:
     first use, so that annotations may name classes defined after the function.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], *, localns: dict[str, Any] | None = None) -> None:
         self.fn = fn
         self.qualname = _callable_name(fn)
         self.signature = inspect.signature(fn)
+        self._localns = localns
 
     @functools.cached_property
     def _hints(self) -> dict[str, Any]:
-        """Resolved annotations, or none at all when they cannot be resolved."""
+        """Resolved annotations. Names are looked up in the function's module, in the scope
+        that declared it (a class defined inside a function) and in its closure. An
+        annotation that still cannot be resolved decodes as plain JSON, with a warning."""
+        target = _unwrap_partial(self.fn)
+        localns = dict(self._localns or {})
+        localns.update(_closure_names(target))
         try:
-            return typing.get_type_hints(_unwrap_partial(self.fn), include_extras=True)
-        except Exception:  # unresolvable forward references, odd callables
-            return {}
+            return typing.get_type_hints(target, localns=localns, include_extras=True)
+        except Exception:  # one unresolvable name: resolve the others one by one
+            return _hints_one_by_one(target, localns, self.qualname)
 
     @property
     def return_type(self) -> Any:
@@ -336,9 +381,23 @@ def error_to_record(exc: BaseException) -> dict[str, Any]:
         "type": f"{cls.__module__}.{cls.__qualname__}",
         "message": _safe_str(exc),
         "args": _storable_args(exc),
+        "attrs": _storable_attrs(exc),
         "traceback": text,
         "permanent": isinstance(exc, Permanent),
     }
+
+
+def _storable_attrs(exc: BaseException) -> dict[str, Any] | None:
+    """The exception's own attributes (``self.code = ...``) that JSON can carry."""
+    attrs: dict[str, Any] = {}
+    for name, value in vars(exc).items():
+        if name.startswith("__") or name == "remote_traceback":
+            continue
+        try:
+            attrs[name] = loads(dumps(value))
+        except SerializationError:
+            continue
+    return attrs or None
 
 
 def _find_class(dotted: str) -> type[BaseException] | None:
@@ -362,18 +421,24 @@ def _find_class(dotted: str) -> type[BaseException] | None:
     return None
 
 
-def _rebuild(type_name: str, args: Any, permanent: bool) -> BaseException | None:
-    """Construct the recorded class from its stored args, or None when that is not possible."""
+def _rebuild(type_name: str, args: Any, attrs: Any, permanent: bool) -> BaseException | None:
+    """Rebuild the recorded class from its stored args and attributes, or None.
+
+    The constructor is not called: an exception whose ``__init__`` takes other arguments
+    than its ``args`` (``PaymentError(code, reason)``) comes back all the same.
+    """
     if not isinstance(args, list):
         return None
     cls = _find_class(type_name)
-    if cls is None:
+    if cls is None or issubclass(cls, Permanent) != permanent:
         return None
     try:
-        exc = cls(*args)
+        exc = cls.__new__(cls, *args)
+        exc.args = tuple(args)
+        if isinstance(attrs, dict):
+            for name, value in attrs.items():
+                setattr(exc, name, value)
     except Exception:
-        return None
-    if not isinstance(exc, BaseException) or isinstance(exc, Permanent) != permanent:
         return None
     return exc
 
@@ -393,7 +458,7 @@ def error_from_record(record: dict[str, Any]) -> BaseException:
     stored_tb = record.get("traceback")
     tb = stored_tb if isinstance(stored_tb, str) and stored_tb else None
     permanent = bool(record.get("permanent"))
-    exc = _rebuild(type_name, record.get("args"), permanent)
+    exc = _rebuild(type_name, record.get("args"), record.get("attrs"), permanent)
     if exc is None:
         stand_in = PermanentStoredError if permanent else StoredError
         exc = stand_in(type_name, message, tb)

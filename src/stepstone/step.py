@@ -22,13 +22,21 @@ R = TypeVar("R")
 class StepDefinition(Generic[P, R]):
     """A declared step. Inside a running job a call is checkpointed; outside, a plain call."""
 
-    def __init__(self, app: App, fn: Callable[P, R], *, name: str, retry: Retry) -> None:
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        retry: Retry,
+        localns: dict[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.codec = ArgumentCodec(fn)
+        self.codec = ArgumentCodec(fn, localns=localns)
         functools.update_wrapper(self, fn)
 
     @property
