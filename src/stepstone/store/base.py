@@ -210,7 +210,8 @@ class Store(abc.ABC):
     def job_idle_status(
         self, *, names: Sequence[str], queues: Sequence[str] | None, now: float
     ) -> IdleStatus:
-        """Whether a claimable job is due, how many jobs run, when the next is due."""
+        """For the jobs these names and queues select: whether one is due now, how many are
+        running (in any process), and when the next queued one is due."""
 
     @abc.abstractmethod
     def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:

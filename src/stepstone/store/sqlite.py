@@ -389,8 +389,8 @@ class SQLiteStore(Store):
             "now": now,
         }
         due = bool(self._read(Q["job_due_exists"], params)[0][0])
-        running = int(self._read(Q["job_count_running"], {})[0][0])
         del params["now"]
+        running = int(self._read(Q["job_count_running"], params)[0][0])
         next_run_at = self._read(Q["job_next_run_at"], params)[0][0]
         return IdleStatus(due=due, running=running, next_run_at=next_run_at)
 

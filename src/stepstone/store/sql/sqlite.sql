@@ -58,7 +58,10 @@ WHERE state = 'queued'
   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
 
 -- name: job_count_running
-SELECT count(*) FROM stepstone_jobs WHERE state = 'running';
+SELECT count(*) FROM stepstone_jobs INDEXED BY stepstone_jobs_leases
+WHERE state = 'running'
+  AND name IN (SELECT value FROM json_each(:names))
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
 
 -- name: job_heartbeat
 UPDATE stepstone_jobs SET lease_expires_at = :lease_until
