@@ -46,20 +46,16 @@ def _sqlite_memory(tmp_path: Path) -> Iterator[str]:
 
 
 def postgres_url_with_schema(url: str, schema: str) -> str:
-    """``url`` with ``schema`` first on the search path (libpq ``options``)."""
+    """``url`` with stepstone's ``schema`` parameter: the store keeps its tables there."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    options = f"{query.get('options', '')} -csearch_path={schema}".strip()
-    query["options"] = options
+    query["schema"] = schema
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 @contextmanager
 def _postgres(tmp_path: Path) -> Iterator[str]:
-    """A schema of its own in the database of ``STEPSTONE_TEST_POSTGRES_URL``, dropped after.
-
-    The store must create its tables unqualified (in the first schema of the search path).
-    """
+    """A schema of its own in the database of ``STEPSTONE_TEST_POSTGRES_URL``, dropped after."""
     base = os.environ.get("STEPSTONE_TEST_POSTGRES_URL")
     if not base:
         if os.environ.get("STEPSTONE_REQUIRE_POSTGRES"):

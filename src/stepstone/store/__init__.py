@@ -24,11 +24,13 @@ def open_store(url: str, **options: Any) -> Store:
                 "or sqlite:///:memory:"
             )
         path = rest[1:].split("?", 1)[0]
+        for postgres_only in ("schema", "pool_size"):
+            options.pop(postgres_only, None)
         return SQLiteStore(path, **options)
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            "the PostgreSQL store is not available in this version; use a sqlite:/// URL"
-        )
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, **options)
     raise StoreError(
         f"unknown database URL {url!r}: stepstone takes sqlite:///path.db, sqlite:///:memory: "
         "or postgresql://user@host/db"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -34,6 +35,24 @@ FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 
 #: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
 POISON_RECLAIMS = 5
+
+
+def poison_error(job_id: str, reclaims: int) -> str:
+    """The error record stored on a job failed as poison."""
+    message = (
+        f"job {job_id} was reclaimed {reclaims} times in a row without a new checkpoint: "
+        "the workers running it keep dying (out of memory, a crash in native code, a kill); "
+        "it is failed as a poison job. Fix the cause, then `stepstone retry` it."
+    )
+    return json.dumps(
+        {
+            "type": "stepstone.errors.StepstoneError",
+            "message": message,
+            "args": [message],
+            "traceback": None,
+            "permanent": True,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +178,11 @@ class Store(abc.ABC):
         store cannot tell, and workers fall back to claiming every poll interval.
         """
         return None
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` from another thread whenever a job becomes queued, if the store
+        can push such news (PostgreSQL's LISTEN/NOTIFY). Returns the unsubscribe function."""
+        return lambda: None
 
     # jobs -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -309,4 +333,5 @@ __all__ = [
     "NewJob",
     "Rescue",
     "Store",
+    "poison_error",
 ]

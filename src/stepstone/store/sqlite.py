@@ -31,6 +31,7 @@ from .base import (
     NewJob,
     Rescue,
     Store,
+    poison_error,
 )
 from .queries import load_migrations, load_queries
 
@@ -77,24 +78,6 @@ def _claimed(rows: list[sqlite3.Row]) -> list[ClaimedJob]:
         )
         for row in rows
     ]
-
-
-def poison_error(job_id: str, reclaims: int) -> str:
-    """The error record stored on a job failed as poison."""
-    message = (
-        f"job {job_id} was reclaimed {reclaims} times in a row without a new checkpoint: "
-        "the workers running it keep dying (out of memory, a crash in native code, a kill); "
-        "it is failed as a poison job. Fix the cause, then `stepstone retry` it."
-    )
-    return json.dumps(
-        {
-            "type": "stepstone.errors.StepstoneError",
-            "message": message,
-            "args": [message],
-            "traceback": None,
-            "permanent": True,
-        }
-    )
 
 
 class SQLiteStore(Store):
@@ -619,4 +602,4 @@ def _statements(script: str) -> Iterator[str]:
         yield buffer.strip()
 
 
-__all__ = ["SQLiteStore", "poison_error"]
+__all__ = ["SQLiteStore"]

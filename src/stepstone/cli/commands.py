@@ -1,0 +1,229 @@
+"""The operator commands, which need no user code: ``jobs``, ``show``, ``retry``, ``cancel``,
+``migrate`` and ``prune`` open the database that ``--db`` names; ``demo`` runs the seed's story.
+
+(``enqueue`` has its own module; ``worker``, which loads the user's App, too.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import JobNotFound
+from .exits import EXIT_OK
+from .loading import open_app
+from .render import (
+    absolute_time,
+    console,
+    error_summary,
+    json_view,
+    relative_time,
+    say,
+    span,
+    state_text,
+    truncate,
+)
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..store.base import JobRecord
+
+
+def find_job(app: App, ref: str) -> JobRecord:
+    """The job whose id, else whose key, is ``ref``."""
+    record = app.store.job_get(ref) or app.store.job_get_by_key(ref)
+    if record is None:
+        raise JobNotFound(f"no job with id or key {ref!r} in {app.store.url}")
+    return record
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """A table of the most recent jobs, filtered by state and name."""
+    from rich.table import Table
+
+    app = open_app(args)
+    states = [state for group in args.state or [] for state in group]
+    records = app.store.job_list(states=states or None, name=args.name, limit=args.limit)
+    now = time.time()
+    table = Table(title=f"jobs in {app.store.url}", title_justify="left")
+    for column in ("id", "name", "key", "state", "attempts", "when", "last error"):
+        table.add_column(column, no_wrap=column in ("id", "state", "when"))
+    for record in records:
+        if record.state == "queued":
+            when = relative_time(record.run_at, now)
+        elif record.state.finished:
+            when = relative_time(record.finished_at, now)
+        else:
+            when = relative_time(record.updated_at, now)
+        table.add_row(
+            record.id,
+            record.name,
+            record.key or "",
+            state_text(record.state.value),
+            str(record.attempts),
+            when,
+            error_summary(record.error),
+        )
+    out = console()
+    if records:
+        out.print(table)
+    else:
+        out.print("no jobs match", style="dim")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Everything about one job: its facts, arguments, result, step history and errors."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..handle import JobHandle
+    from ..serialization import dumps
+
+    app = open_app(args)
+    record = find_job(app, args.job)
+    handle = JobHandle(app, record.id, record.key)
+    now = time.time()
+    out = console()
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    lease = "-"
+    if record.lease_owner:
+        lease = f"{record.lease_owner}, expires {relative_time(record.lease_expires_at, now)}"
+    for label, value in (
+        ("id", record.id),
+        ("name", record.name),
+        ("queue", record.queue),
+        ("key", record.key or "-"),
+        ("state", state_text(record.state.value)),
+        ("attempts", str(record.attempts)),
+        ("fence", str(record.fence)),
+        ("lease", lease),
+        ("run at", absolute_time(record.run_at, now)),
+        ("created", absolute_time(record.created_at, now)),
+        ("started", absolute_time(record.started_at, now)),
+        ("finished", absolute_time(record.finished_at, now)),
+    ):
+        facts.add_row(label, value if isinstance(value, Text) else Text(value))
+    out.print(facts)
+    out.print(Text("arguments", style="bold"))
+    out.print(json_view(record.args))
+    if record.state == "succeeded":
+        out.print(Text("result", style="bold"))
+        out.print(json_view(record.result or "null"))
+    elif record.error:
+        out.print(Text("final error: ", style="bold red") + Text(error_summary(record.error, 500)))
+
+    steps = handle.steps()
+    history = Table(title="step history", title_justify="left")
+    for column in ("#", "step", "status", "attempts", "value or error"):
+        history.add_column(column, no_wrap=column != "value or error")
+    for step in steps:
+        if step.status == "ok":
+            shown = truncate(dumps(step.value), 100)
+        else:
+            shown = error_summary(json.dumps(step.error), 100)
+        history.add_row(
+            str(step.position), step.name, state_text(step.status), str(step.attempts), shown
+        )
+    out.print(history if steps else Text("no steps recorded", style="dim"))
+
+    errors = handle.errors()
+    out.print(Text(f"errors ({len(errors)})", style="bold"))
+    for error in errors:
+        where = f"step {error.step}" if error.step else "job"
+        header = f"attempt {error.attempt}, {where}, {absolute_time(error.created_at, now)}: "
+        out.print(Text(header, style="bold") + Text(f"{error.type}: {error.message}"))
+        if error.traceback:
+            out.print(Text(error.traceback.rstrip(), style="dim"))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job that has not finished; say so if there was nothing to do."""
+    app = open_app(args)
+    record = find_job(app, args.job)
+    if app.cancel(record.id):
+        note = ""
+        if record.state == "running":
+            note = (
+                "; its worker stops it at the next step boundary (the running step's "
+                "checkpoint is refused)"
+            )
+        say(f"cancelled job {record.id} ({record.name}), which was {record.state}{note}", "green")
+    else:
+        state = app.store.job_get(record.id) or record
+        say(
+            f"nothing done: job {record.id} ({record.name}) is already {state.state}; only "
+            "queued, running or waiting jobs can be cancelled",
+            "yellow",
+        )
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Queue a failed or cancelled job again; say so if there was nothing to do."""
+    app = open_app(args)
+    record = find_job(app, args.job)
+    if app.retry(record.id):
+        say(
+            f"job {record.id} ({record.name}), which was {record.state}, is queued again with a "
+            "fresh attempt budget; checkpoints before its first step error are kept",
+            "green",
+        )
+    else:
+        state = app.store.job_get(record.id) or record
+        say(
+            f"nothing done: job {record.id} ({record.name}) is {state.state}; only failed or "
+            "cancelled jobs can be retried",
+            "yellow",
+        )
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the migrations the database lacks, and say which (or that it is up to date)."""
+    from ..store import open_store
+
+    app = open_app(args)
+    store = open_store(app.url, migrate=False)
+    applied = store.migrate()
+    store.close()
+    if applied:
+        say(f"applied {len(applied)} migration(s) to {store.url}: {', '.join(applied)}")
+    else:
+        say(f"{store.url} is up to date")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete jobs that finished more than ``--older-than`` ago, with their history."""
+    app = open_app(args)
+    deleted = app.prune(args.older_than)
+    say(
+        f"deleted {deleted} job(s) that finished more than {span(args.older_than)} ago, "
+        "with their steps and errors"
+    )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the attachment indexer demo (``stepstone.demo``) with the remaining arguments."""
+    from ..demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
+__all__ = [
+    "cmd_cancel",
+    "cmd_demo",
+    "cmd_jobs",
+    "cmd_migrate",
+    "cmd_prune",
+    "cmd_retry",
+    "cmd_show",
+    "find_job",
+]

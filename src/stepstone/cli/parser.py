@@ -1,0 +1,143 @@
+"""The ``stepstone`` command line: its argument types, its parser, and ``main``, which runs
+the command it names and turns what goes wrong into a message and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import StepstoneError
+from ..logs import FORMATS, LEVELS
+from ..store.base import JobState
+from .commands import cmd_cancel, cmd_demo, cmd_jobs, cmd_migrate, cmd_prune, cmd_retry, cmd_show
+from .enqueue import cmd_enqueue
+from .exits import EXIT_ERROR, EXIT_USAGE, UsageError
+from .render import error
+from .worker import cmd_worker
+
+_STATES = tuple(state.value for state in JobState)
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``12h``, ``7d``, ``2w``, ``1h30m`` or a bare number."""
+    value = text.strip().lower()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = list(_DURATION_PART.finditer(value))
+    if not parts or "".join(part[0] for part in parts) != value:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write for example 30s, 15m, 12h or 7d"
+        )
+    return sum(float(part[1]) * _UNITS[part[2]] for part in parts)
+
+
+def _states(text: str) -> list[str]:
+    """Job states, comma-separated; an unknown one is an argument error."""
+    states = [state.strip() for state in text.split(",") if state.strip()]
+    for state in states:
+        if state not in _STATES:
+            raise argparse.ArgumentTypeError(
+                f"unknown state {state!r}; states are {', '.join(_STATES)}"
+            )
+    return states
+
+
+def _positive(text: str) -> int:
+    """An integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stepstone`` argument parser."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="stepstone", description="Background jobs that are safe to retry."
+    )
+    parser.add_argument("--version", action="version", version=f"stepstone {__version__}")
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL (default: $STEPSTONE_DATABASE_URL, else sqlite:///stepstone.db)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str, *parents: Any
+    ) -> Any:
+        found = sub.add_parser(name, help=text, description=text, parents=list(parents))
+        found.set_defaults(handler=handler)
+        return found
+
+    worker = command("worker", cmd_worker, "run a worker for an App")
+    worker.add_argument("app", metavar="APP", help="module:attribute or path/to/file.py:attribute")
+    worker.add_argument("--concurrency", type=_positive, default=8, help="jobs at once (8)")
+    worker.add_argument("--queues", default="", help="comma-separated queues (default: all)")
+    worker.add_argument("--until-idle", action="store_true", help="exit when nothing is due")
+    worker.add_argument("--log-level", choices=LEVELS, default="info")
+    worker.add_argument("--log-format", choices=FORMATS, default="text")
+
+    jobs = command("jobs", cmd_jobs, "list the most recent jobs", db)
+    jobs.add_argument("--state", type=_states, action="append", help="repeat, or a,b")
+    jobs.add_argument("--name", help="only jobs with this name")
+    jobs.add_argument("--limit", type=_positive, default=50)
+
+    show = command("show", cmd_show, "everything about one job", db)
+    show.add_argument("job", metavar="JOB", help="job id or key")
+    retry = command("retry", cmd_retry, "queue a failed or cancelled job again", db)
+    retry.add_argument("job", metavar="JOB", help="job id or key")
+    cancel = command("cancel", cmd_cancel, "cancel a job that has not finished", db)
+    cancel.add_argument("job", metavar="JOB", help="job id or key")
+
+    enqueue = command("enqueue", cmd_enqueue, "enqueue a job by name", db)
+    enqueue.add_argument("name", metavar="NAME", help="the job's name")
+    enqueue.add_argument("--args", help="positional arguments, a JSON array (needs --app)")
+    enqueue.add_argument("--kwargs", help="arguments by name, a JSON object")
+    enqueue.add_argument("--key", help="idempotency key: at most one job per key")
+    enqueue.add_argument("--delay", type=parse_duration, help="seconds (or 30s, 5m) from now")
+    enqueue.add_argument("--queue", help="queue (default: the job's, else 'default')")
+    enqueue.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
+    enqueue.add_argument("--app", help="module:attribute: check the arguments against the job")
+    enqueue.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
+
+    command("migrate", cmd_migrate, "apply the database migrations", db)
+    prune = command("prune", cmd_prune, "delete finished jobs with their history", db)
+    prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
+    demo = command("demo", cmd_demo, "run the attachment indexer demo (from the repo root)")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``stepstone`` command; return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's own usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        error(str(exc), exc.detail)
+        return EXIT_USAGE
+    except StepstoneError as exc:
+        error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["build_parser", "main", "parse_duration"]

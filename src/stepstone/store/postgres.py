@@ -1,0 +1,667 @@
+"""The scale-out store: one PostgreSQL database shared by any number of workers on any
+number of machines, with no broker.
+
+Claims take due jobs with ``FOR UPDATE SKIP LOCKED`` in batches; idle workers are woken by
+``LISTEN/NOTIFY`` (a trigger notifies when a job becomes queued) with a slow poll as the
+fallback. Every checkpoint and outcome write is conditional on the job's fencing token,
+and a checkpoint share-locks the job row so that no claim can slip in between the check
+and the insert. Checkpoints commit with ``synchronous_commit = off`` (they survive a crash
+of the database process, not of its machine), enqueues and outcomes with it on.
+
+A dropped connection or a restarting server is retried with backoff for a while
+(``retry_seconds``); writes are made safe to repeat (a retried write that had in fact
+committed is recognised by its fencing token). Tables live in their own schema
+(``stepstone`` by default; ``?schema=`` in the URL or ``App(schema=...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
+from .base import (
+    POISON_RECLAIMS,
+    Checkpoint,
+    ClaimedJob,
+    ErrorRecord,
+    IdleStatus,
+    InsertResult,
+    JobRecord,
+    JobState,
+    NewJob,
+    Rescue,
+    Store,
+    poison_error,
+)
+from .queries import load_migrations, load_queries
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise StoreError(
+        "the PostgreSQL store needs psycopg 3 and psycopg_pool: pip install 'stepstone[postgres]'"
+    ) from exc
+
+T = TypeVar("T")
+Row = dict[str, Any]
+logger = logging.getLogger("stepstone")
+
+_QUERIES = load_queries("postgres")
+_DEFAULT_SCHEMA = "stepstone"
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The libpq URL without stepstone's own ``schema`` parameter, and that parameter."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((value for name, value in query if name == "schema"), None)
+    kept = [(name, value) for name, value in query if name != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    if not name or "\x00" in name:
+        raise StoreError(f"invalid PostgreSQL schema name {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _safe_url(conninfo: str) -> str:
+    parts = urlsplit(conninfo)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return conninfo
+
+
+def _record(row: Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        name=row["name"],
+        queue=row["queue"],
+        key=row["key"],
+        args=row["args"],
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        run_at=row["run_at"],
+        attempts=row["attempts"],
+        fence=row["fence"],
+        reclaims=row["reclaims"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        result=row["result"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _claimed(rows: list[Row]) -> list[ClaimedJob]:
+    rows.sort(key=lambda row: (-row["priority"], row["run_at"]))
+    return [
+        ClaimedJob(
+            id=row["id"],
+            name=row["name"],
+            queue=row["queue"],
+            key=row["key"],
+            args=row["args"],
+            fence=row["fence"],
+            attempt=row["attempts"],
+            priority=row["priority"],
+        )
+        for row in rows
+    ]
+
+
+def _filters(names: Sequence[str], queues: Sequence[str] | None) -> dict[str, Any]:
+    return {
+        "names": list(names),
+        "any_queue": queues is None,
+        "queues": list(queues) if queues is not None else [],
+    }
+
+
+class PostgresStore(Store):
+    """A store in a PostgreSQL database, shared by workers on many machines."""
+
+    inline_calls = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        durability: str = "normal",
+        pool_size: int = 10,
+        migrate: bool = True,
+        connect_timeout: float = 10.0,
+        retry_seconds: float = 30.0,
+    ) -> None:
+        conninfo, url_schema = split_url(url)
+        self.conninfo = conninfo
+        self.schema = schema or url_schema or _DEFAULT_SCHEMA
+        self.url = _safe_url(url)
+        self.durability = durability
+        self.retry_seconds = retry_seconds
+        self.connect_timeout = connect_timeout
+        self._quoted = quote_identifier(self.schema)
+        self.Q = {name: text.replace("{schema}", self._quoted) for name, text in _QUERIES.items()}
+        self.channel = f"stepstone:{self.schema}"
+        self._closed = False
+        self._lock = threading.Lock()
+        self._changes = 0
+        self._callbacks: list[Callable[[], None]] = []
+        self._listener: threading.Thread | None = None
+        self._check_connection()
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max(pool_size, 2),
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name=f"stepstone:{self.schema}",
+            timeout=connect_timeout,
+            open=False,
+        )
+        self._pool.open(wait=False)
+        if migrate:
+            self.migrate()
+
+    # connections ------------------------------------------------------------------------
+    def _check_connection(self) -> None:
+        """Connect once up front, so that a wrong URL fails now with the server's reason."""
+        try:
+            with psycopg.connect(self.conninfo, connect_timeout=int(self.connect_timeout)):
+                pass
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.url}: {str(exc).strip()}"
+            ) from exc
+
+    def _run(self, operation: Callable[[psycopg.Connection[Row], bool], T]) -> T:
+        """Run ``operation(conn, retried)`` on a pooled connection, retrying lost connections.
+
+        ``retried`` tells a write that an earlier try may have committed before its
+        connection broke, so that it can recognise its own work.
+        """
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        retried = False
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    return operation(conn, retried)
+            except StepstoneError:
+                raise
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if self._closed or time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"PostgreSQL at {self.url} is unreachable: {str(exc).strip()}"
+                    ) from exc
+                logger.warning(
+                    "database connection failed (%s); retrying in %.2fs",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                    extra={"action": "store.reconnecting"},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                retried = True
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL error: {str(exc).strip()}") from exc
+
+    def _fetch(self, name: str, params: dict[str, Any]) -> list[Row]:
+        query = self.Q[name]
+        return self._run(lambda conn, _retried: conn.execute(query, params).fetchall())
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close()
+
+    # changes ----------------------------------------------------------------------------
+    def change_marker(self) -> int | None:
+        """Counts the notifications of newly queued jobs (the listener starts on first use)."""
+        self._ensure_listener()
+        return self._changes
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from another thread) whenever a job becomes queued."""
+        with self._lock:
+            self._callbacks.append(callback)
+        self._ensure_listener()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def _ensure_listener(self) -> None:
+        with self._lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listen, name="stepstone-listen", daemon=True
+                )
+                self._listener.start()
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._changes += 1
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("a change callback failed", extra={"action": "store.listen"})
+
+    def _listen(self) -> None:
+        delay = 0.1
+        listen = f"LISTEN {quote_identifier(self.channel)}"
+        while not self._closed:
+            try:
+                with psycopg.connect(
+                    self.conninfo, autocommit=True, connect_timeout=int(self.connect_timeout)
+                ) as conn:
+                    conn.execute(listen)
+                    self._changed()  # notifications may have been missed while away
+                    delay = 0.1
+                    while not self._closed:
+                        for _notify in conn.notifies(timeout=1.0):
+                            self._changed()
+            except psycopg.Error as exc:
+                if self._closed:
+                    return
+                logger.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.1fs",
+                    str(exc).strip(),
+                    delay,
+                    extra={"action": "store.listen"},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # migrations -------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        quoted = self._quoted
+
+        def apply(conn: psycopg.Connection[Row], _retried: bool) -> list[str]:
+            applied: list[str] = []
+            with conn.transaction():
+                # Many workers starting at once: one applies, the others wait, then see it.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.channel,))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {quoted}.migrations (version integer PRIMARY "
+                    "KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {
+                    row["version"]
+                    for row in conn.execute(f"SELECT version FROM {quoted}.migrations")
+                }
+                for migration in load_migrations("postgres"):
+                    if migration.version in done:
+                        continue
+                    conn.execute(migration.sql.replace("{schema}", quoted).encode())
+                    conn.execute(
+                        f"INSERT INTO {quoted}.migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                    applied.append(f"{migration.version:04d}_{migration.name}")
+            return applied
+
+        return self._run(apply)
+
+    # jobs -------------------------------------------------------------------------------
+    def job_insert(
+        self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
+    ) -> InsertResult:
+        claimed = owner is not None
+        params: dict[str, Any] = {
+            "id": job.id,
+            "name": job.name,
+            "queue": job.queue,
+            "key": job.key,
+            "args": job.args,
+            "state": "running" if claimed else "queued",
+            "priority": job.priority,
+            "run_at": job.run_at,
+            "fence": 1 if claimed else 0,
+            "attempts": 1 if claimed else 0,
+            "owner": owner,
+            "lease_until": lease_until if claimed else None,
+            "started_at": now if claimed else None,
+            "now": now,
+        }
+
+        def insert(conn: psycopg.Connection[Row], retried: bool) -> InsertResult:
+            try:
+                inserted = conn.execute(self.Q["job_insert"], params).rowcount
+            except psycopg.errors.UniqueViolation as exc:
+                row = conn.execute(self.Q["job_get"], {"id": job.id}).fetchone()
+                if retried and row is not None and row["args"] == job.args:
+                    return InsertResult(_record(row), created=True)  # our own earlier try
+                raise StoreError(f"job id {job.id} is already taken") from exc
+            if inserted == 1:
+                row = conn.execute(self.Q["job_get"], {"id": job.id}).fetchone()
+                assert row is not None
+                return InsertResult(_record(row), created=True)
+            row = conn.execute(self.Q["job_get_by_key"], {"key": job.key}).fetchone()
+            if row is None:  # the job holding the key was pruned meanwhile: insert again
+                return insert(conn, retried)
+            created = retried and row["id"] == job.id
+            return InsertResult(_record(row), created=created)
+
+        return self._run(insert)
+
+    def job_get(self, job_id: str) -> JobRecord | None:
+        rows = self._fetch("job_get", {"id": job_id})
+        return _record(rows[0]) if rows else None
+
+    def job_get_by_key(self, key: str) -> JobRecord | None:
+        rows = self._fetch("job_get_by_key", {"key": key})
+        return _record(rows[0]) if rows else None
+
+    def job_list(
+        self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        params = {
+            "any_state": states is None,
+            "states": list(states) if states is not None else [],
+            "name": name,
+            "limit": limit,
+        }
+        return [_record(row) for row in self._fetch("job_list", params)]
+
+    def job_claim_due(
+        self,
+        *,
+        owner: str,
+        names: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[ClaimedJob]:
+        params = {
+            **_filters(names, queues),
+            "owner": owner,
+            "limit": limit,
+            "now": now,
+            "lease_until": lease_until,
+        }
+        return _claimed(self._fetch("job_claim_due", params))
+
+    def job_claim(
+        self, job_id: str, *, owner: str, now: float, lease_until: float
+    ) -> ClaimedJob | None:
+        params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
+        claimed = _claimed(self._fetch("job_claim", params))
+        return claimed[0] if claimed else None
+
+    def job_idle_status(
+        self, *, names: Sequence[str], queues: Sequence[str] | None, now: float
+    ) -> IdleStatus:
+        row = self._fetch("job_idle_status", {**_filters(names, queues), "now": now})[0]
+        return IdleStatus(
+            due=bool(row["due"]), running=int(row["running"]), next_run_at=row["next_run_at"]
+        )
+
+    def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:
+        if not leases:
+            return set()
+        params = {
+            "ids": [job_id for job_id, _ in leases],
+            "fences": [fence for _, fence in leases],
+            "lease_until": lease_until,
+        }
+        kept = {row["id"] for row in self._fetch("job_heartbeat", params)}
+        return {job_id for job_id, _ in leases if job_id not in kept}
+
+    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
+        def rescue(conn: psycopg.Connection[Row], _retried: bool) -> Rescue:
+            requeued: list[str] = []
+            poisoned: list[str] = []
+            with conn.transaction():
+                expired = conn.execute(
+                    self.Q["job_expired_leases"], {"now": now, "limit": limit}
+                ).fetchall()
+                for row in expired:
+                    progressed = row["checkpoints"] > row["progress"]
+                    reclaims = 1 if progressed else row["reclaims"] + 1
+                    params = {"id": row["id"], "fence": row["fence"], "now": now}
+                    if reclaims >= POISON_RECLAIMS:
+                        error = poison_error(row["id"], reclaims)
+                        conn.execute(
+                            self.Q["job_fail_poison"],
+                            {**params, "reclaims": reclaims, "error": error},
+                        )
+                        conn.execute(
+                            self.Q["error_insert_unfenced"],
+                            {
+                                "job_id": row["id"],
+                                "attempt": row["attempts"],
+                                "fence": row["fence"],
+                                "error": error,
+                                "now": now,
+                            },
+                        )
+                        poisoned.append(row["id"])
+                    else:
+                        conn.execute(
+                            self.Q["job_requeue_expired"],
+                            {**params, "reclaims": reclaims, "progress": row["checkpoints"]},
+                        )
+                        requeued.append(row["id"])
+            return Rescue(requeued=requeued, poisoned=poisoned)
+
+        return self._run(rescue)
+
+    def _refuse(
+        self,
+        conn: psycopg.Connection[Row],
+        job_id: str,
+        fence: int,
+        *,
+        retried: bool = False,
+        done_state: JobState | None = None,
+    ) -> StepstoneError | None:
+        """Why a fenced write changed nothing; None when it was this writer's own retry."""
+        row = conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone()
+        if row is None:
+            return LeaseLost(f"job {job_id} no longer exists (pruned?); fencing token {fence}")
+        if retried and row["fence"] == fence and row["state"] == done_state:
+            return None  # the earlier try committed before its connection broke
+        if row["state"] == JobState.CANCELLED:
+            return JobCancelled(f"job {job_id} was cancelled")
+        return LeaseLost(
+            f"job {job_id}: lease lost: this worker holds fencing token {fence}, the job now "
+            f"has token {row['fence']} and state {row['state']!r}; another worker owns it"
+        )
+
+    def _outcome(
+        self,
+        name: str,
+        params: dict[str, Any],
+        done_state: JobState,
+        after: Callable[[psycopg.Connection[Row]], object] | None = None,
+    ) -> None:
+        job_id, fence = params["id"], params["fence"]
+
+        def write(conn: psycopg.Connection[Row], retried: bool) -> None:
+            with conn.transaction():
+                if conn.execute(self.Q[name], params).rowcount == 1:
+                    if after is not None:
+                        after(conn)
+                    return
+                refusal = self._refuse(conn, job_id, fence, retried=retried, done_state=done_state)
+            if refusal is not None:
+                raise refusal
+
+        self._run(write)
+
+    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
+        params = {"id": job_id, "fence": fence, "result": result, "now": now}
+        self._outcome("job_complete", params, JobState.SUCCEEDED)
+
+    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
+        params = {"id": job_id, "fence": fence, "error": error, "now": now}
+        record = {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now}
+        self._outcome(
+            "job_fail",
+            params,
+            JobState.FAILED,
+            lambda conn: conn.execute(self.Q["error_insert_unfenced"], record),
+        )
+
+    def job_retry_later(
+        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
+    ) -> None:
+        params = {"id": job_id, "fence": fence, "error": error, "run_at": run_at, "now": now}
+        record = {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now}
+
+        def after(conn: psycopg.Connection[Row]) -> None:
+            conn.execute(self.Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
+            conn.execute(self.Q["error_insert_unfenced"], record)
+
+        self._outcome("job_retry_later", params, JobState.QUEUED, after)
+
+    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
+        params = {"id": job_id, "fence": fence, "now": now}
+        return bool(
+            self._run(lambda conn, _r: conn.execute(self.Q["job_release"], params).rowcount)
+        )
+
+    def job_cancel(self, job_id: str, *, now: float) -> bool:
+        def cancel(conn: psycopg.Connection[Row], _retried: bool) -> bool:
+            if conn.execute(self.Q["job_cancel"], {"id": job_id, "now": now}).rowcount:
+                return True
+            if conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone() is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return False
+
+        return self._run(cancel)
+
+    def job_requeue(self, job_id: str, *, now: float) -> bool:
+        def requeue(conn: psycopg.Connection[Row], _retried: bool) -> bool:
+            with conn.transaction():
+                if conn.execute(self.Q["job_requeue"], {"id": job_id, "now": now}).rowcount:
+                    conn.execute(self.Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
+                    return True
+                missing = conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone() is None
+            if missing:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return False
+
+        return self._run(requeue)
+
+    def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
+        params = {"before": finished_before, "limit": limit}
+        return int(self._run(lambda conn, _r: conn.execute(self.Q["job_prune"], params).rowcount))
+
+    # checkpoints and errors -------------------------------------------------------------
+    def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
+        return [
+            Checkpoint(
+                seq=row["seq"],
+                name=row["name"],
+                status=row["status"],
+                value=row["value"],
+                attempts=row["attempts"],
+                created_at=row["created_at"],
+            )
+            for row in self._fetch("checkpoint_list", {"job_id": job_id})
+        ]
+
+    def checkpoint_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        status: str,
+        value: str,
+        attempts: int,
+        now: float,
+    ) -> None:
+        params = {
+            "job_id": job_id,
+            "fence": fence,
+            "seq": seq,
+            "name": name,
+            "status": status,
+            "value": value,
+            "attempts": attempts,
+            "now": now,
+            "synchronous_commit": "on" if self.durability == "full" else "off",
+        }
+
+        def insert(conn: psycopg.Connection[Row], retried: bool) -> None:
+            try:
+                if conn.execute(self.Q["checkpoint_insert"], params).rowcount == 1:
+                    return
+            except psycopg.errors.UniqueViolation as exc:
+                existing = conn.execute(
+                    self.Q["checkpoint_get"], {"job_id": job_id, "seq": seq}
+                ).fetchone()
+                if retried and existing is not None and existing["fence"] == fence:
+                    return  # the earlier try committed before its connection broke
+                raise LeaseLost(
+                    f"job {job_id}: checkpoint #{seq} ({name}) already exists; a run with "
+                    f"fencing token {fence} cannot write it again"
+                ) from exc
+            except psycopg.errors.IntegrityError as exc:
+                raise StoreError(
+                    f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
+                ) from exc
+            refusal = self._refuse(conn, job_id, fence)
+            assert refusal is not None
+            raise refusal
+
+        self._run(insert)
+
+    def error_insert(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        attempt: int,
+        seq: int | None,
+        step: str | None,
+        error: str,
+        now: float,
+    ) -> None:
+        params = {
+            "job_id": job_id,
+            "fence": fence,
+            "attempt": attempt,
+            "seq": seq,
+            "step": step,
+            "error": error,
+            "now": now,
+        }
+        self._run(lambda conn, _r: conn.execute(self.Q["error_insert"], params))
+
+    def error_list(self, job_id: str) -> list[ErrorRecord]:
+        return [
+            ErrorRecord(
+                attempt=row["attempt"],
+                seq=row["seq"],
+                step=row["step"],
+                error=row["error"],
+                created_at=row["created_at"],
+            )
+            for row in self._fetch("error_list", {"job_id": job_id})
+        ]
+
+
+__all__ = ["PostgresStore", "quote_identifier", "split_url"]
