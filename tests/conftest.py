@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh SQLite file per test, a fake clock, subprocess workers."""
+"""Shared fixtures: a fresh database per test (SQLite and PostgreSQL), a fake clock,
+subprocess workers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 import stepstone
 from stepstone import App
+
+from .backends import POSTGRES, SQLITE_FILE, params
 
 #: Where the stepstone under test lives, so subprocesses run the very same code.
 SRC = Path(stepstone.__file__).resolve().parent.parent
@@ -60,10 +63,28 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "stepstone.db"
 
 
-@pytest.fixture
-def db_url(db_path: Path) -> str:
-    """The ``sqlite:///`` URL of this test's fresh database file."""
-    return f"sqlite:///{db_path}"
+@pytest.fixture(params=params([SQLITE_FILE, POSTGRES]))
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of this test's fresh database: every behaviour test runs on SQLite and on
+    PostgreSQL (a schema of its own per test)."""
+    with request.param.fresh_url(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _close_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every App a test opens is closed after it, so no test leaks connections."""
+    opened: list[App] = []
+    original = App.__init__
+
+    def tracking_init(self: App, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        opened.append(self)
+
+    monkeypatch.setattr(App, "__init__", tracking_init)
+    yield
+    for each in opened:
+        each.close()
 
 
 @pytest.fixture

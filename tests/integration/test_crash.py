@@ -40,8 +40,14 @@ def idempotency_keys(log: Path) -> dict[str, set[str]]:
     return keys
 
 
-def stop_outside_a_write(worker, db_path: Path) -> None:
-    """SIGSTOP the worker at a moment it holds no SQLite write lock (so we can write)."""
+def stop_outside_a_write(worker, db_url: str, db_path: Path) -> None:
+    """SIGSTOP the worker at a moment it holds no SQLite write lock (so we can write).
+
+    PostgreSQL has no database-wide write lock: the worker is blocked in a step, which
+    holds no transaction, so stopping it anywhere is fine."""
+    if not db_url.startswith("sqlite"):
+        worker.signal(signal.SIGSTOP)
+        return
     for _ in range(200):
         worker.signal(signal.SIGSTOP)
         conn = sqlite3.connect(db_path, timeout=0)
@@ -131,7 +137,7 @@ def test_worker_that_lost_its_lease_cannot_overwrite_the_new_owner(
         handle = app.enqueue("workerapp.two_steps", str(log))
         worker = spawn_worker(concurrency=1, until_idle=True)
         wait_for(Path(f"{log}.blocked").exists, what="the subprocess to block in step two")
-        stop_outside_a_write(worker, db_path)
+        stop_outside_a_write(worker, db_url, db_path)
         try:
             app.run_worker(until_idle=True)  # waits for the lease to expire, then resumes
             assert handle.result(timeout=5) == "first then second by test"
