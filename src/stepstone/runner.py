@@ -9,6 +9,7 @@ returns the stored value (or raises the stored error) without running the body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -305,10 +306,18 @@ class JobRun:
                 extra={"action": "job.cancelled"},
             )
         else:
+            released = False
+            with contextlib.suppress(StoreError):
+                released = self.store.job_release(
+                    self.job_id, self.fence, now=self.app.clock.now()
+                )
             self.logger.error(
-                "job %s stopped: %s; another worker replays it once its lease expires",
+                "job %s stopped: %s; %s",
                 self.job_id,
                 self.interrupt,
+                "it was released and resumes from its last checkpoint"
+                if released
+                else "another worker replays it from its last checkpoint once its lease expires",
                 extra={"action": "store.error"},
             )
 

@@ -141,6 +141,7 @@ class Worker:
             app.store.url,
             extra={"action": "worker.started"},
         )
+        unsubscribe = app.store.on_change(self.wake)
         rescue_every = min(max(app.lease / 4, 0.05), 5.0)
         next_rescue = 0.0
         try:
@@ -167,6 +168,7 @@ class Worker:
                 await self._wait(timeout, None if full else marker)
             await self._drain()
         finally:
+            unsubscribe()
             app._workers.discard(self)
             threads.shutdown()
             for sig in installed:
