@@ -308,9 +308,7 @@ class JobRun:
         else:
             released = False
             with contextlib.suppress(StoreError):
-                released = self.store.job_release(
-                    self.job_id, self.fence, now=self.app.clock.now()
-                )
+                released = self.store.job_release(self.job_id, self.fence, now=self.app.clock.now())
             self.logger.error(
                 "job %s stopped: %s; %s",
                 self.job_id,

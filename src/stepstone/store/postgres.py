@@ -161,12 +161,17 @@ class PostgresStore(Store):
         self._changes = 0
         self._callbacks: list[Callable[[], None]] = []
         self._listener: threading.Thread | None = None
+        #: Shown in pg_stat_activity, unless the URL names its own application_name.
+        self.application_name = f"stepstone:{self.schema}"[:63]
+        self._connect_kwargs: dict[str, Any] = {}
+        if "application_name" not in conninfo:
+            self._connect_kwargs["application_name"] = self.application_name
         self._check_connection()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=max(pool_size, 2),
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **self._connect_kwargs},
             name=f"stepstone:{self.schema}",
             timeout=connect_timeout,
             open=False,
@@ -179,7 +184,11 @@ class PostgresStore(Store):
     def _check_connection(self) -> None:
         """Connect once up front, so that a wrong URL fails now with the server's reason."""
         try:
-            with psycopg.connect(self.conninfo, connect_timeout=int(self.connect_timeout)):
+            with psycopg.connect(
+                self.conninfo,
+                connect_timeout=int(self.connect_timeout),
+                **self._connect_kwargs,
+            ):
                 pass
         except psycopg.Error as exc:
             raise StoreError(
@@ -269,7 +278,10 @@ class PostgresStore(Store):
         while not self._closed:
             try:
                 with psycopg.connect(
-                    self.conninfo, autocommit=True, connect_timeout=int(self.connect_timeout)
+                    self.conninfo,
+                    autocommit=True,
+                    connect_timeout=int(self.connect_timeout),
+                    **self._connect_kwargs,
                 ) as conn:
                     conn.execute(listen)
                     self._changed()  # notifications may have been missed while away
