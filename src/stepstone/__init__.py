@@ -19,15 +19,18 @@ from .errors import (
     Permanent,
     SerializationError,
     StepstoneError,
+    StoredError,
     StoreError,
     UnknownJob,
     WaitTimeout,
 )
 from .handle import AttemptError, JobHandle, StepRecord
 from .job import JobDefinition
+from .logs import configure_logging
 from .retry import Retry
 from .step import StepDefinition
 from .store.base import JobState
+from .worker import Worker
 
 __version__ = "0.1.0"
 
@@ -51,8 +54,11 @@ __all__ = [
     "StepRecord",
     "StepstoneError",
     "StoreError",
+    "StoredError",
     "UnknownJob",
     "WaitTimeout",
+    "Worker",
     "__version__",
+    "configure_logging",
     "current",
 ]

@@ -23,6 +23,7 @@ from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
 from .step import StepDefinition
 from .store import Store, open_store
 from .store.base import JobRecord, JobState, NewJob
+from .store.urls import mask_password
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -32,7 +33,15 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///stepstone.db"
-_OPTIONS = {"clock", "poll_interval", "shutdown_grace", "busy_timeout", "store"}
+_OPTIONS = {
+    "clock",
+    "poll_interval",
+    "shutdown_grace",
+    "busy_timeout",
+    "schema",
+    "pool_size",
+    "store",
+}
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -70,7 +79,9 @@ class App:
     ``poll_interval`` (default 1 s: the longest an idle worker waits before looking for
     due jobs again; it notices new jobs through the store's change marker within
     milliseconds), ``shutdown_grace`` (default 30 s: how long a stopping worker lets
-    running steps finish), ``busy_timeout`` (SQLite, default 30 s).
+    running steps finish), ``busy_timeout`` (SQLite, default 30 s), ``schema`` (PostgreSQL,
+    default ``stepstone``; also ``?schema=`` in the URL), ``pool_size`` (PostgreSQL
+    connections per process, default 10).
     """
 
     def __init__(
@@ -96,9 +107,10 @@ class App:
         self.clock: Clock = options.get("clock") or SystemClock()
         self.poll_interval = float(options.get("poll_interval", 1.0))
         self.shutdown_grace = float(options.get("shutdown_grace", 30.0))
-        self._store_options = {"durability": durability}
-        if "busy_timeout" in options:
-            self._store_options["busy_timeout"] = options["busy_timeout"]
+        self._store_options: dict[str, Any] = {"durability": durability}
+        for name in ("busy_timeout", "schema", "pool_size"):
+            if name in options:
+                self._store_options[name] = options[name]
         self._store: Store | None = options.get("store")
         self._store_lock = threading.Lock()
         self.jobs: dict[str, JobDefinition[Any, Any]] = {}
@@ -110,7 +122,7 @@ class App:
         self._workers: set[Worker] = set()
 
     def __repr__(self) -> str:
-        return f"<stepstone.App {self.url} jobs={len(self.jobs)}>"
+        return f"<stepstone.App {mask_password(self.url)} jobs={len(self.jobs)}>"
 
     # the store --------------------------------------------------------------------------
     @property

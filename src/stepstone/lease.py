@@ -94,8 +94,9 @@ class LeaseKeeper:
             f"job {run.job_id}: lease lost: this worker holds fencing token {run.fence}, the "
             f"job now has token {now_token} and state {state!r}; another worker owns it"
         )
+        run.interrupt_logged = True
         logger.warning(
-            "%s",
+            "%s; this run stops at its next step and leaves the job to its new owner",
             run.interrupt,
             extra={
                 "action": "job.lease_lost",

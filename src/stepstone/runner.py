@@ -64,6 +64,8 @@ class JobRun:
         self.occurrences: dict[str, int] = {}
         self.called: list[str] = []
         self.interrupt: Interruption | None = None
+        #: Whether the interruption was already logged (by the lease keeper).
+        self.interrupt_logged = False
         self.stopping = False
         self.replayed = 0
         self.executed = 0
@@ -293,6 +295,8 @@ class JobRun:
         )
 
     def _report_interrupt(self) -> None:
+        if isinstance(self.interrupt, LeaseLost) and self.interrupt_logged:
+            return
         if isinstance(self.interrupt, LeaseLost):
             self.logger.warning(
                 "%s; this run stops and leaves the job to its new owner",

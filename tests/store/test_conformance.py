@@ -556,7 +556,12 @@ def test_no_checkpoint_lands_after_the_job_was_taken_away(
         thread = threading.Thread(target=write_until_refused)
         thread.start()
         assert written.wait(timeout=30)
-        assert list(rescuer.job_rescue_expired(now=T0 + 10 * LEASE).requeued) == [claimed.id]
+        # A row busy with a write at this very moment is skipped and taken on a later pass.
+        for _ in range(100):
+            if list(rescuer.job_rescue_expired(now=T0 + 10 * LEASE).requeued) == [claimed.id]:
+                break
+        else:
+            raise AssertionError(f"round {round_}: the expired job was never rescued")
         at_rescue = len(rescuer.checkpoint_list(claimed.id))
         thread.join(timeout=30)
         assert [type(exc) for exc in outcome] == [LeaseLost], f"round {round_}: {outcome}"
@@ -668,14 +673,15 @@ def test_a_job_reclaimed_again_and_again_is_poison(store: Store) -> None:
 
 
 def test_a_new_checkpoint_resets_the_poison_count(store: Store) -> None:
-    """A run that writes a checkpoint starts the count of reclaims in a row again."""
+    """A run that writes a checkpoint starts the count of reclaims in a row again: it then
+    takes POISON_RECLAIMS more reclaims without a checkpoint to fail the job."""
     job_id = insert(store)
     for round_ in range(POISON_RECLAIMS - 1):
         assert _expire(store, job_id, round_) == ([job_id], [])
     claimed = claim_one(store, job_id, now=T0 + 50_000)
     _checkpoint(store, job_id, claimed.fence, T0 + 50_000)
     assert list(store.job_rescue_expired(now=T0 + 50_000 + LEASE + 1).requeued) == [job_id]
-    for round_ in range(100, 100 + POISON_RECLAIMS - 2):
+    for round_ in range(100, 100 + POISON_RECLAIMS - 1):
         assert _expire(store, job_id, round_) == ([job_id], []), f"expiry {round_}"
     assert _expire(store, job_id, 200) == ([], [job_id])
 

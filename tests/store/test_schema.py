@@ -74,7 +74,6 @@ SQLITE_SCHEMA = Schema(
             _required("replay", "INTEGER", "0"),
             _required("fence", "INTEGER", "0"),
             _required("reclaims", "INTEGER", "0"),
-            _required("progress", "INTEGER", "-1"),
             Column("lease_owner", "TEXT"),
             Column("lease_expires_at", "REAL"),
             Column("result", "TEXT"),

@@ -30,6 +30,7 @@ def open_store(url: str, **options: Any) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
+        options.pop("busy_timeout", None)
         return PostgresStore(url, **options)
     raise StoreError(
         f"unknown database URL {url!r}: stepstone takes sqlite:///path.db, sqlite:///:memory: "

@@ -5,8 +5,9 @@ Claims take due jobs with ``FOR UPDATE SKIP LOCKED`` in batches; idle workers ar
 ``LISTEN/NOTIFY`` (a trigger notifies when a job becomes queued) with a slow poll as the
 fallback. Every checkpoint and outcome write is conditional on the job's fencing token,
 and a checkpoint share-locks the job row so that no claim can slip in between the check
-and the insert. Checkpoints commit with ``synchronous_commit = off`` (they survive a crash
-of the database process, not of its machine), enqueues and outcomes with it on.
+and the insert. Checkpoints commit with ``synchronous_commit = off``: a crash of a worker
+loses none, a crash of the database server may lose the last few (those steps then run
+again, which at-least-once allows); enqueues and outcomes commit with it on.
 
 A dropped connection or a restarting server is retried with backoff for a while
 (``retry_seconds``); writes are made safe to repeat (a retried write that had in fact
@@ -39,6 +40,7 @@ from .base import (
     poison_error,
 )
 from .queries import load_migrations, load_queries
+from .urls import mask_password
 
 try:
     import psycopg
@@ -71,14 +73,6 @@ def quote_identifier(name: str) -> str:
     if not name or "\x00" in name:
         raise StoreError(f"invalid PostgreSQL schema name {name!r}")
     return '"' + name.replace('"', '""') + '"'
-
-
-def _safe_url(conninfo: str) -> str:
-    parts = urlsplit(conninfo)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return conninfo
 
 
 def _record(row: Row) -> JobRecord:
@@ -145,11 +139,12 @@ class PostgresStore(Store):
         migrate: bool = True,
         connect_timeout: float = 10.0,
         retry_seconds: float = 30.0,
+        idle_transaction_timeout: float = 30.0,
     ) -> None:
         conninfo, url_schema = split_url(url)
         self.conninfo = conninfo
         self.schema = schema or url_schema or _DEFAULT_SCHEMA
-        self.url = _safe_url(url)
+        self.url = mask_password(url)
         self.durability = durability
         self.retry_seconds = retry_seconds
         self.connect_timeout = connect_timeout
@@ -166,6 +161,12 @@ class PostgresStore(Store):
         self._connect_kwargs: dict[str, Any] = {}
         if "application_name" not in conninfo:
             self._connect_kwargs["application_name"] = self.application_name
+        # A worker frozen inside one of the store's short transactions (SIGSTOP, a VM
+        # pause) would hold its row locks for as long as it is frozen: the server ends
+        # such a session instead, and the frozen worker's fenced writes fail on resume.
+        if "idle_in_transaction_session_timeout" not in conninfo:
+            timeout_ms = int(idle_transaction_timeout * 1000)
+            self._connect_kwargs["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
         self._check_connection()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             conninfo,
@@ -447,8 +448,8 @@ class PostgresStore(Store):
                     self.Q["job_expired_leases"], {"now": now, "limit": limit}
                 ).fetchall()
                 for row in expired:
-                    progressed = row["checkpoints"] > row["progress"]
-                    reclaims = 1 if progressed else row["reclaims"] + 1
+                    # A reclaim counts toward poison only if the run it ends wrote nothing.
+                    reclaims = 0 if row["progressed"] else row["reclaims"] + 1
                     params = {"id": row["id"], "fence": row["fence"], "now": now}
                     if reclaims >= POISON_RECLAIMS:
                         error = poison_error(row["id"], reclaims)
@@ -470,7 +471,7 @@ class PostgresStore(Store):
                     else:
                         conn.execute(
                             self.Q["job_requeue_expired"],
-                            {**params, "reclaims": reclaims, "progress": row["checkpoints"]},
+                            {**params, "reclaims": reclaims},
                         )
                         requeued.append(row["id"])
             return Rescue(requeued=requeued, poisoned=poisoned)

@@ -396,18 +396,16 @@ class SQLiteStore(Store):
         poisoned: list[str] = []
         with self._writing(durable=True) as conn:
             for row in expired:
-                progressed = row["checkpoints"] > row["progress"]
-                reclaims = 1 if progressed else row["reclaims"] + 1
+                # A reclaim counts toward poison only if the run it ends wrote nothing.
+                reclaims = 0 if row["progressed"] else row["reclaims"] + 1
                 params = {
                     "id": row["id"],
                     "fence": row["fence"],
                     "now": now,
                     "reclaims": reclaims,
-                    "progress": row["checkpoints"],
                 }
                 if reclaims >= POISON_RECLAIMS:
                     error = poison_error(row["id"], reclaims)
-                    del params["progress"]
                     if conn.execute(Q["job_fail_poison"], {**params, "error": error}).rowcount:
                         conn.execute(
                             Q["error_insert_unfenced"],

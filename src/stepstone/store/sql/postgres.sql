@@ -75,8 +75,9 @@ WHERE j.id = lease.id AND j.fence = lease.fence AND j.state = 'running'
 RETURNING j.id;
 
 -- name: job_expired_leases
-SELECT j.id, j.fence, j.attempts, j.reclaims, j.progress,
-       (SELECT count(*) FROM {schema}.checkpoints AS c WHERE c.job_id = j.id) AS checkpoints
+SELECT j.id, j.fence, j.attempts, j.reclaims,
+       EXISTS (SELECT 1 FROM {schema}.checkpoints AS c
+               WHERE c.job_id = j.id AND c.fence = j.fence) AS progressed
 FROM {schema}.jobs AS j
 WHERE j.state = 'running' AND j.lease_expires_at < to_timestamp(%(now)s)
 ORDER BY j.lease_expires_at
@@ -86,7 +87,7 @@ FOR UPDATE OF j SKIP LOCKED;
 -- name: job_requeue_expired
 UPDATE {schema}.jobs
 SET state = 'queued', replay = true, run_at = to_timestamp(%(now)s), reclaims = %(reclaims)s,
-    progress = %(progress)s, lease_owner = NULL, lease_expires_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL,
     updated_at = to_timestamp(%(now)s)
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
@@ -111,7 +112,7 @@ WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 -- name: job_retry_later
 UPDATE {schema}.jobs
 SET state = 'queued', error = %(error)s, run_at = to_timestamp(%(run_at)s), replay = false,
-    reclaims = 0, progress = -1, lease_owner = NULL, lease_expires_at = NULL,
+    reclaims = 0, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = to_timestamp(%(now)s)
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
@@ -130,7 +131,7 @@ WHERE id = %(id)s AND state IN ('queued', 'running', 'waiting');
 -- name: job_requeue
 UPDATE {schema}.jobs
 SET state = 'queued', run_at = to_timestamp(%(now)s), attempts = 0, replay = false,
-    reclaims = 0, progress = -1, lease_owner = NULL, lease_expires_at = NULL,
+    reclaims = 0, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = to_timestamp(%(now)s), finished_at = NULL
 WHERE id = %(id)s AND state IN ('failed', 'cancelled');
 

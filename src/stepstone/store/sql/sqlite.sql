@@ -68,8 +68,9 @@ UPDATE stepstone_jobs SET lease_expires_at = :lease_until
 WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- name: job_expired_leases
-SELECT id, fence, attempts, reclaims, progress,
-       (SELECT count(*) FROM stepstone_checkpoints c WHERE c.job_id = j.id) AS checkpoints
+SELECT id, fence, attempts, reclaims,
+       EXISTS (SELECT 1 FROM stepstone_checkpoints c
+               WHERE c.job_id = j.id AND c.fence = j.fence) AS progressed
 FROM stepstone_jobs j INDEXED BY stepstone_jobs_leases
 WHERE state = 'running' AND lease_expires_at < :now
 ORDER BY lease_expires_at
@@ -77,7 +78,7 @@ LIMIT :limit;
 
 -- name: job_requeue_expired
 UPDATE stepstone_jobs
-SET state = 'queued', replay = 1, run_at = :now, reclaims = :reclaims, progress = :progress,
+SET state = 'queued', replay = 1, run_at = :now, reclaims = :reclaims,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND fence = :fence AND state = 'running' AND lease_expires_at < :now;
 
@@ -101,7 +102,7 @@ WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- name: job_retry_later
 UPDATE stepstone_jobs
-SET state = 'queued', error = :error, run_at = :run_at, replay = 0, reclaims = 0, progress = -1,
+SET state = 'queued', error = :error, run_at = :run_at, replay = 0, reclaims = 0,
     lease_owner = NULL,
     lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND fence = :fence AND state = 'running';
@@ -120,7 +121,7 @@ WHERE id = :id AND state IN ('queued', 'running', 'waiting');
 
 -- name: job_requeue
 UPDATE stepstone_jobs
-SET state = 'queued', run_at = :now, attempts = 0, replay = 0, reclaims = 0, progress = -1,
+SET state = 'queued', run_at = :now, attempts = 0, replay = 0, reclaims = 0,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, finished_at = NULL
 WHERE id = :id AND state IN ('failed', 'cancelled');
 

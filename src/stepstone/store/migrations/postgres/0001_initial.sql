@@ -15,7 +15,6 @@ CREATE TABLE {schema}.jobs (
     replay           boolean NOT NULL DEFAULT false,
     fence            bigint NOT NULL DEFAULT 0,
     reclaims         integer NOT NULL DEFAULT 0,
-    progress         integer NOT NULL DEFAULT -1,
     lease_owner      text,
     lease_expires_at timestamptz,
     result           json,

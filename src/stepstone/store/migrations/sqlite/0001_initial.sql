@@ -14,7 +14,6 @@ CREATE TABLE stepstone_jobs (
     replay           INTEGER NOT NULL DEFAULT 0,
     fence            INTEGER NOT NULL DEFAULT 0,
     reclaims         INTEGER NOT NULL DEFAULT 0,
-    progress         INTEGER NOT NULL DEFAULT -1,
     lease_owner      TEXT,
     lease_expires_at REAL,
     result           TEXT,
