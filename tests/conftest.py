@@ -206,3 +206,24 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerPr
             except ProcessLookupError:
                 pass
             worker.popen.wait(10)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With STEPSTONE_REQUIRE_POSTGRES set (CI), a skipped PostgreSQL test fails the run."""
+    if not os.environ.get("STEPSTONE_REQUIRE_POSTGRES"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = [
+        report
+        for report in reporter.stats.get("skipped", [])
+        if "postgres" in getattr(report, "keywords", {})
+    ]
+    if skipped:
+        reporter.write_line(
+            f"error: {len(skipped)} PostgreSQL test(s) were skipped, but "
+            "STEPSTONE_REQUIRE_POSTGRES is set",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
