@@ -28,12 +28,12 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src
 
-# The suite runs on 2 processes; the test that restarts the PostgreSQL server runs alone
-# afterwards (it would break the tests running beside it). Exit code 5 means that no
-# test was selected (no PostgreSQL configured), which is fine for that second run.
+# The test that restarts the PostgreSQL server runs alone first (it would break tests
+# running beside it; exit code 5 means none was selected, fine without PostgreSQL), then
+# the whole suite on 2 processes.
 pytest: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n 2 -m "not pgrestart" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m pgrestart $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n 2 -m "not pgrestart" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
