@@ -22,9 +22,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
+from ..errors import JobNotFound, StepstoneError, StoreError
+from . import rows
 from .base import (
     POISON_RECLAIMS,
     Checkpoint,
@@ -44,6 +45,7 @@ from .urls import mask_password
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg.rows import dict_row
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -60,12 +62,20 @@ _DEFAULT_SCHEMA = "stepstone"
 
 
 def split_url(url: str) -> tuple[str, str | None]:
-    """The libpq URL without stepstone's own ``schema`` parameter, and that parameter."""
+    """The libpq URL without stepstone's own ``schema`` parameter, and that parameter.
+
+    The other parameters are kept exactly as written (percent-encoding included).
+    """
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((value for name, value in query if name == "schema"), None)
-    kept = [(name, value) for name, value in query if name != "schema"]
-    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+    kept: list[str] = []
+    schema = None
+    for pair in parts.query.split("&") if parts.query else []:
+        name, _, value = pair.partition("=")
+        if name == "schema":
+            schema = unquote(value)
+        else:
+            kept.append(pair)
+    return urlunsplit(parts._replace(query="&".join(kept))), schema
 
 
 def quote_identifier(name: str) -> str:
@@ -73,47 +83,6 @@ def quote_identifier(name: str) -> str:
     if not name or "\x00" in name:
         raise StoreError(f"invalid PostgreSQL schema name {name!r}")
     return '"' + name.replace('"', '""') + '"'
-
-
-def _record(row: Row) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        name=row["name"],
-        queue=row["queue"],
-        key=row["key"],
-        args=row["args"],
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        run_at=row["run_at"],
-        attempts=row["attempts"],
-        fence=row["fence"],
-        reclaims=row["reclaims"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        result=row["result"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
-
-
-def _claimed(rows: list[Row]) -> list[ClaimedJob]:
-    rows.sort(key=lambda row: (-row["priority"], row["run_at"]))
-    return [
-        ClaimedJob(
-            id=row["id"],
-            name=row["name"],
-            queue=row["queue"],
-            key=row["key"],
-            args=row["args"],
-            fence=row["fence"],
-            attempt=row["attempts"],
-            priority=row["priority"],
-        )
-        for row in rows
-    ]
 
 
 def _filters(names: Sequence[str], queues: Sequence[str] | None) -> dict[str, Any]:
@@ -164,9 +133,11 @@ class PostgresStore(Store):
         # A worker frozen inside one of the store's short transactions (SIGSTOP, a VM
         # pause) would hold its row locks for as long as it is frozen: the server ends
         # such a session instead, and the frozen worker's fenced writes fail on resume.
-        if "idle_in_transaction_session_timeout" not in conninfo:
+        given = str(conninfo_to_dict(conninfo).get("options") or "")
+        if "idle_in_transaction_session_timeout" not in given:
             timeout_ms = int(idle_transaction_timeout * 1000)
-            self._connect_kwargs["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+            own = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+            self._connect_kwargs["options"] = f"{given} {own}".strip()
         self._check_connection()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             conninfo,
@@ -337,23 +308,7 @@ class PostgresStore(Store):
     def job_insert(
         self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
     ) -> InsertResult:
-        claimed = owner is not None
-        params: dict[str, Any] = {
-            "id": job.id,
-            "name": job.name,
-            "queue": job.queue,
-            "key": job.key,
-            "args": job.args,
-            "state": "running" if claimed else "queued",
-            "priority": job.priority,
-            "run_at": job.run_at,
-            "fence": 1 if claimed else 0,
-            "attempts": 1 if claimed else 0,
-            "owner": owner,
-            "lease_until": lease_until if claimed else None,
-            "started_at": now if claimed else None,
-            "now": now,
-        }
+        params = rows.insert_params(job, now=now, owner=owner, lease_until=lease_until)
 
         def insert(conn: psycopg.Connection[Row], retried: bool) -> InsertResult:
             try:
@@ -361,27 +316,27 @@ class PostgresStore(Store):
             except psycopg.errors.UniqueViolation as exc:
                 row = conn.execute(self.Q["job_get"], {"id": job.id}).fetchone()
                 if retried and row is not None and row["args"] == job.args:
-                    return InsertResult(_record(row), created=True)  # our own earlier try
+                    return InsertResult(rows.job_record(row), created=True)  # our own earlier try
                 raise StoreError(f"job id {job.id} is already taken") from exc
             if inserted == 1:
                 row = conn.execute(self.Q["job_get"], {"id": job.id}).fetchone()
                 assert row is not None
-                return InsertResult(_record(row), created=True)
+                return InsertResult(rows.job_record(row), created=True)
             row = conn.execute(self.Q["job_get_by_key"], {"key": job.key}).fetchone()
             if row is None:  # the job holding the key was pruned meanwhile: insert again
                 return insert(conn, retried)
             created = retried and row["id"] == job.id
-            return InsertResult(_record(row), created=created)
+            return InsertResult(rows.job_record(row), created=created)
 
         return self._run(insert)
 
     def job_get(self, job_id: str) -> JobRecord | None:
-        rows = self._fetch("job_get", {"id": job_id})
-        return _record(rows[0]) if rows else None
+        found = self._fetch("job_get", {"id": job_id})
+        return rows.job_record(found[0]) if found else None
 
     def job_get_by_key(self, key: str) -> JobRecord | None:
-        rows = self._fetch("job_get_by_key", {"key": key})
-        return _record(rows[0]) if rows else None
+        found = self._fetch("job_get_by_key", {"key": key})
+        return rows.job_record(found[0]) if found else None
 
     def job_list(
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
@@ -392,7 +347,7 @@ class PostgresStore(Store):
             "name": name,
             "limit": limit,
         }
-        return [_record(row) for row in self._fetch("job_list", params)]
+        return [rows.job_record(row) for row in self._fetch("job_list", params)]
 
     def job_claim_due(
         self,
@@ -411,13 +366,13 @@ class PostgresStore(Store):
             "now": now,
             "lease_until": lease_until,
         }
-        return _claimed(self._fetch("job_claim_due", params))
+        return rows.claimed_jobs(self._fetch("job_claim_due", params))
 
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
         params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
-        claimed = _claimed(self._fetch("job_claim", params))
+        claimed = rows.claimed_jobs(self._fetch("job_claim", params))
         return claimed[0] if claimed else None
 
     def job_idle_status(
@@ -489,16 +444,9 @@ class PostgresStore(Store):
     ) -> StepstoneError | None:
         """Why a fenced write changed nothing; None when it was this writer's own retry."""
         row = conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone()
-        if row is None:
-            return LeaseLost(f"job {job_id} no longer exists (pruned?); fencing token {fence}")
-        if retried and row["fence"] == fence and row["state"] == done_state:
+        if retried and row is not None and row["fence"] == fence and row["state"] == done_state:
             return None  # the earlier try committed before its connection broke
-        if row["state"] == JobState.CANCELLED:
-            return JobCancelled(f"job {job_id} was cancelled")
-        return LeaseLost(
-            f"job {job_id}: lease lost: this worker holds fencing token {fence}, the job now "
-            f"has token {row['fence']} and state {row['state']!r}; another worker owns it"
-        )
+        return rows.refusal(job_id, fence, row)
 
     def _outcome(
         self,
@@ -582,17 +530,7 @@ class PostgresStore(Store):
 
     # checkpoints and errors -------------------------------------------------------------
     def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
-        return [
-            Checkpoint(
-                seq=row["seq"],
-                name=row["name"],
-                status=row["status"],
-                value=row["value"],
-                attempts=row["attempts"],
-                created_at=row["created_at"],
-            )
-            for row in self._fetch("checkpoint_list", {"job_id": job_id})
-        ]
+        return [rows.checkpoint(row) for row in self._fetch("checkpoint_list", {"job_id": job_id})]
 
     def checkpoint_insert(
         self,
@@ -628,10 +566,7 @@ class PostgresStore(Store):
                 ).fetchone()
                 if retried and existing is not None and existing["fence"] == fence:
                     return  # the earlier try committed before its connection broke
-                raise LeaseLost(
-                    f"job {job_id}: checkpoint #{seq} ({name}) already exists; a run with "
-                    f"fencing token {fence} cannot write it again"
-                ) from exc
+                raise rows.duplicate_checkpoint(job_id, fence, seq, name) from exc
             except psycopg.errors.IntegrityError as exc:
                 raise StoreError(
                     f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
@@ -665,16 +600,7 @@ class PostgresStore(Store):
         self._run(lambda conn, _r: conn.execute(self.Q["error_insert"], params))
 
     def error_list(self, job_id: str) -> list[ErrorRecord]:
-        return [
-            ErrorRecord(
-                attempt=row["attempt"],
-                seq=row["seq"],
-                step=row["step"],
-                error=row["error"],
-                created_at=row["created_at"],
-            )
-            for row in self._fetch("error_list", {"job_id": job_id})
-        ]
+        return [rows.error_record(row) for row in self._fetch("error_list", {"job_id": job_id})]
 
 
 __all__ = ["PostgresStore", "quote_identifier", "split_url"]

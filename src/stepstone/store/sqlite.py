@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
+from ..errors import JobNotFound, StepstoneError, StoreError
+from . import rows
 from .base import (
     POISON_RECLAIMS,
     Checkpoint,
@@ -27,7 +28,6 @@ from .base import (
     IdleStatus,
     InsertResult,
     JobRecord,
-    JobState,
     NewJob,
     Rescue,
     Store,
@@ -37,47 +37,6 @@ from .queries import load_migrations, load_queries
 
 Q = load_queries("sqlite")
 _LOCKED_RETRY_SECONDS = 30.0
-
-
-def _job_record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        name=row["name"],
-        queue=row["queue"],
-        key=row["key"],
-        args=row["args"],
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        run_at=row["run_at"],
-        attempts=row["attempts"],
-        fence=row["fence"],
-        reclaims=row["reclaims"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        result=row["result"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
-
-
-def _claimed(rows: list[sqlite3.Row]) -> list[ClaimedJob]:
-    rows.sort(key=lambda row: (-row["priority"], row["run_at"]))
-    return [
-        ClaimedJob(
-            id=row["id"],
-            name=row["name"],
-            queue=row["queue"],
-            key=row["key"],
-            args=row["args"],
-            fence=row["fence"],
-            attempt=row["attempts"],
-            priority=row["priority"],
-        )
-        for row in rows
-    ]
 
 
 class SQLiteStore(Store):
@@ -268,59 +227,22 @@ class SQLiteStore(Store):
     def job_insert(
         self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
     ) -> InsertResult:
-        claimed = owner is not None
-        params: dict[str, Any] = {
-            "id": job.id,
-            "name": job.name,
-            "queue": job.queue,
-            "key": job.key,
-            "args": job.args,
-            "state": "running" if claimed else "queued",
-            "priority": job.priority,
-            "run_at": job.run_at,
-            "fence": 1 if claimed else 0,
-            "attempts": 1 if claimed else 0,
-            "owner": owner,
-            "lease_until": lease_until if claimed else None,
-            "started_at": now if claimed else None,
-            "now": now,
-        }
+        params = rows.insert_params(job, now=now, owner=owner, lease_until=lease_until)
         with self._writing(durable=True) as conn:
             if conn.execute(Q["job_insert"], params).rowcount == 1:
-                record = JobRecord(
-                    id=job.id,
-                    name=job.name,
-                    queue=job.queue,
-                    key=job.key,
-                    args=job.args,
-                    state=JobState.RUNNING if claimed else JobState.QUEUED,
-                    priority=job.priority,
-                    run_at=job.run_at,
-                    attempts=1 if claimed else 0,
-                    fence=1 if claimed else 0,
-                    reclaims=0,
-                    lease_owner=owner,
-                    lease_expires_at=lease_until if claimed else None,
-                    result=None,
-                    error=None,
-                    created_at=now,
-                    updated_at=now,
-                    started_at=now if claimed else None,
-                    finished_at=None,
-                )
-                return InsertResult(record, created=True)
+                return InsertResult(rows.inserted_record(params), created=True)
             row = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
         if row is None:  # pragma: no cover - the conflict was on the id, a uuid
             raise StoreError(f"job id {job.id} is already taken")
-        return InsertResult(_job_record(row), created=False)
+        return InsertResult(rows.job_record(row), created=False)
 
     def job_get(self, job_id: str) -> JobRecord | None:
-        rows = self._read(Q["job_get"], {"id": job_id})
-        return _job_record(rows[0]) if rows else None
+        found = self._read(Q["job_get"], {"id": job_id})
+        return rows.job_record(found[0]) if found else None
 
     def job_get_by_key(self, key: str) -> JobRecord | None:
-        rows = self._read(Q["job_get_by_key"], {"key": key})
-        return _job_record(rows[0]) if rows else None
+        found = self._read(Q["job_get_by_key"], {"key": key})
+        return rows.job_record(found[0]) if found else None
 
     def job_list(
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
@@ -330,7 +252,7 @@ class SQLiteStore(Store):
             "name": name,
             "limit": limit,
         }
-        return [_job_record(row) for row in self._read(Q["job_list"], params)]
+        return [rows.job_record(row) for row in self._read(Q["job_list"], params)]
 
     def job_claim_due(
         self,
@@ -351,16 +273,16 @@ class SQLiteStore(Store):
             "lease_until": lease_until,
         }
         with self._lock, self._translate():  # one statement: its own transaction
-            rows = self._write.execute(Q["job_claim_due"], params).fetchall()
-        return _claimed(rows)
+            found = self._write.execute(Q["job_claim_due"], params).fetchall()
+        return rows.claimed_jobs(found)
 
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
         params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
         with self._lock, self._translate():
-            rows = self._write.execute(Q["job_claim"], params).fetchall()
-        claimed = _claimed(rows)
+            found = self._write.execute(Q["job_claim"], params).fetchall()
+        claimed = rows.claimed_jobs(found)
         return claimed[0] if claimed else None
 
     def job_idle_status(
@@ -423,15 +345,7 @@ class SQLiteStore(Store):
         return Rescue(requeued=requeued, poisoned=poisoned)
 
     def _refuse(self, conn: sqlite3.Connection, job_id: str, fence: int) -> StepstoneError:
-        row = conn.execute(Q["job_owner"], {"id": job_id}).fetchone()
-        if row is None:
-            return LeaseLost(f"job {job_id} no longer exists (pruned?); fencing token {fence}")
-        if row["state"] == JobState.CANCELLED:
-            return JobCancelled(f"job {job_id} was cancelled")
-        return LeaseLost(
-            f"job {job_id}: lease lost: this worker holds fencing token {fence}, the job now "
-            f"has token {row['fence']} and state {row['state']!r}; another worker owns it"
-        )
+        return rows.refusal(job_id, fence, conn.execute(Q["job_owner"], {"id": job_id}).fetchone())
 
     def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
         params = {"id": job_id, "fence": fence, "result": result, "now": now}
@@ -501,15 +415,7 @@ class SQLiteStore(Store):
     # checkpoints and errors -------------------------------------------------------------
     def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
         return [
-            Checkpoint(
-                seq=row["seq"],
-                name=row["name"],
-                status=row["status"],
-                value=row["value"],
-                attempts=row["attempts"],
-                created_at=row["created_at"],
-            )
-            for row in self._read(Q["checkpoint_list"], {"job_id": job_id})
+            rows.checkpoint(row) for row in self._read(Q["checkpoint_list"], {"job_id": job_id})
         ]
 
     def checkpoint_insert(
@@ -543,10 +449,7 @@ class SQLiteStore(Store):
                     raise StoreError(
                         f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
                     ) from exc
-                raise LeaseLost(
-                    f"job {job_id}: checkpoint #{seq} ({name}) already exists; a run with "
-                    f"fencing token {fence} cannot write it again"
-                ) from exc
+                raise rows.duplicate_checkpoint(job_id, fence, seq, name) from exc
             if inserted != 1:
                 raise self._refuse(conn, job_id, fence)
 
@@ -574,16 +477,7 @@ class SQLiteStore(Store):
             self._write.execute(Q["error_insert"], params)
 
     def error_list(self, job_id: str) -> list[ErrorRecord]:
-        return [
-            ErrorRecord(
-                attempt=row["attempt"],
-                seq=row["seq"],
-                step=row["step"],
-                error=row["error"],
-                created_at=row["created_at"],
-            )
-            for row in self._read(Q["error_list"], {"job_id": job_id})
-        ]
+        return [rows.error_record(row) for row in self._read(Q["error_list"], {"job_id": job_id})]
 
 
 def _statements(script: str) -> Iterator[str]:
