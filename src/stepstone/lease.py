@@ -85,6 +85,10 @@ class LeaseKeeper:
             record = self.app.store.job_get(run.job_id)
         except StoreError:
             record = None
+        if run.outcome_written or (
+            record is not None and record.fence == run.fence and record.state.finished
+        ):
+            return  # the run itself ended the job between this heartbeat's snapshot and write
         if record is not None and record.state == JobState.CANCELLED:
             run.interrupt = JobCancelled(f"job {run.job_id} was cancelled")
             return

@@ -66,6 +66,8 @@ class JobRun:
         self.interrupt: Interruption | None = None
         #: Whether the interruption was already logged (by the lease keeper).
         self.interrupt_logged = False
+        #: Set once this run has written how it ended (success, retry, failure, release).
+        self.outcome_written = False
         self.stopping = False
         self.replayed = 0
         self.executed = 0
@@ -222,6 +224,7 @@ class JobRun:
         """Record how this attempt ended: success, retry, failure or release."""
         try:
             self._finish(value, error)
+            self.outcome_written = True
         except (LeaseLost, JobCancelled) as exc:
             self.interrupt = exc
             self._report_interrupt()

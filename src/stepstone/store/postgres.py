@@ -196,6 +196,9 @@ class PostgresStore(Store):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 retried = True
+                # Connections cut in the same event wait idle in the pool: drop them now,
+                # or each retry would draw another dead one.
+                self._pool.check()
             except psycopg.Error as exc:
                 raise StoreError(f"PostgreSQL error: {str(exc).strip()}") from exc
 
