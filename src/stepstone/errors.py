@@ -44,6 +44,9 @@ class LeaseLost(StepstoneError):
 class StoreError(StepstoneError):
     """The database could not be used."""
 
+    #: True when the database is away for now (down, restarting) rather than misnamed.
+    transient: bool = False
+
 
 class JobFailed(StepstoneError):
     """The job failed."""

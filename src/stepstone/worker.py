@@ -119,11 +119,40 @@ class Worker:
         asyncio.run(self._main())
 
     # the loop ---------------------------------------------------------------------------
+    async def _open_store(self) -> bool:
+        """Open the store, waiting out a database that is not up yet; False if stopped."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(lambda: self.app.store)
+                return True
+            except StoreError as exc:
+                if not exc.transient:
+                    raise
+                logger.warning(
+                    "%s; the worker waits for the database (retrying in %.1fs)",
+                    exc,
+                    delay,
+                    extra={"action": "worker.waiting_for_database"},
+                )
+                await self._wait(delay, None)
+                delay = min(delay * 2, 10.0)
+        return False
+
     async def _main(self) -> None:
         app = self.app
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         installed = self._install_signals()
+        opened = False
+        try:
+            opened = await self._open_store()
+        finally:
+            if not opened:
+                for sig in installed:
+                    self._loop.remove_signal_handler(sig)
+        if not opened:
+            return
         threads = _DaemonThreads(self.concurrency)
         app._workers.add(self)
         names = sorted(app.jobs)

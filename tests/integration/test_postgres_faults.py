@@ -27,7 +27,7 @@ import workerapp
 from tests.backends import POSTGRES
 from tests.conftest import WorkerProcess
 
-from stepstone import App
+from stepstone import App, StoreError, Worker
 from stepstone.context import idempotency_key
 
 STEPS = ("first_step", "second_step", "third_step")
@@ -358,3 +358,33 @@ def test_workers_ride_out_a_server_restart(
     assert sum(n - 1 for n in body_runs(log).values()) <= 4 + 4  # in flight at the restart
     assert "WARNING:stepstone:database connection failed" in worker.stderr()
     assert any(getattr(r, "action", None) == "store.reconnecting" for r in caplog.records)
+
+
+def test_a_worker_started_before_its_database_waits_for_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose PostgreSQL server refuses connections keeps waiting (and says so)
+    instead of exiting, and still stops cleanly when asked; a wrong database name is not
+    waited for."""
+    app = App("postgresql://postgres@127.0.0.1:1/postgres")  # nothing listens on port 1
+
+    @app.job(name="waits")
+    def waits() -> None:
+        """Never runs."""
+
+    worker = Worker(app)
+    caplog.set_level(logging.WARNING, logger="stepstone")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "waits for the database" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert thread.is_alive()
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "waits for the database" in caplog.text
+    wrong_database = db_url.split("?", 1)[0].rsplit("/", 1)[0] + "/stepstone_no_such_database"
+    with pytest.raises(StoreError, match="does not exist") as raised:
+        _ = App(wrong_database).store
+    assert raised.value.transient is False

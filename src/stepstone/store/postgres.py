@@ -59,6 +59,8 @@ logger = logging.getLogger("stepstone")
 
 _QUERIES = load_queries("postgres")
 _DEFAULT_SCHEMA = "stepstone"
+#: What libpq says when the server is away for now rather than the URL being wrong.
+_SERVER_AWAY = ("Connection refused", "starting up", "shutting down", "in recovery")
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -154,18 +156,23 @@ class PostgresStore(Store):
 
     # connections ------------------------------------------------------------------------
     def _check_connection(self) -> None:
-        """Connect once up front, so that a wrong URL fails now with the server's reason."""
+        """Connect once up front, so that a wrong URL fails now with the server's reason.
+
+        A server that is down, starting or shutting down gives a *transient* StoreError,
+        which a starting worker waits out; a wrong URL, database or role does not.
+        """
         try:
             with psycopg.connect(
                 self.conninfo,
                 connect_timeout=int(self.connect_timeout),
                 **self._connect_kwargs,
             ):
-                pass
+                return
         except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot connect to PostgreSQL at {self.url}: {str(exc).strip()}"
-            ) from exc
+            reason = str(exc).strip()
+            error = StoreError(f"cannot connect to PostgreSQL at {self.url}: {reason}")
+            error.transient = any(sign in reason for sign in _SERVER_AWAY)
+            raise error from exc
 
     def _run(self, operation: Callable[[psycopg.Connection[Row], bool], T]) -> T:
         """Run ``operation(conn, retried)`` on a pooled connection, retrying lost connections.
