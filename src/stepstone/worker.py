@@ -179,7 +179,11 @@ class Worker:
                 if loop_now >= next_rescue:
                     next_rescue = loop_now + rescue_every
                     await self._rescue()
-                marker = await app._call_store(app.store.change_marker)
+                marker = (
+                    None
+                    if app.store.pushes_changes
+                    else await app._call_store(app.store.change_marker)
+                )
                 claimed = await self._claim(names)
                 for job in claimed:
                     self._start(job, threads)
@@ -194,7 +198,8 @@ class Worker:
                     elif status.next_run_at is not None:
                         timeout = min(timeout, max(status.next_run_at - app.clock.now(), 0.0))
                 full = len(self.running) >= self.concurrency
-                await self._wait(timeout, None if full else marker)
+                watch = not full and not app.store.pushes_changes
+                await self._wait(timeout, marker if watch else None)
             await self._drain()
         finally:
             unsubscribe()

@@ -3,7 +3,7 @@
 A new migration must update the declaration, so every schema change is reviewed as a
 change of this file. Each backend declares its own schema and reads the real one from
 its catalogue (SQLite: ``sqlite_schema`` and the ``table_xinfo`` / ``index_*`` pragmas;
-PostgreSQL, when it comes: ``information_schema.columns`` and ``pg_indexes``).
+PostgreSQL: ``information_schema`` and ``pg_catalog``, in ``test_postgres.py``).
 """
 
 from __future__ import annotations

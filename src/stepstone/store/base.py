@@ -162,6 +162,8 @@ class Store(abc.ABC):
     url: str
     #: Whether a call costs so little that an event loop may make it inline.
     inline_calls: bool = False
+    #: Whether ``on_change`` pushes news of queued jobs (then nobody polls the marker).
+    pushes_changes: bool = False
 
     @abc.abstractmethod
     def migrate(self) -> list[str]:

@@ -99,6 +99,7 @@ class PostgresStore(Store):
     """A store in a PostgreSQL database, shared by workers on many machines."""
 
     inline_calls = False
+    pushes_changes = True
 
     def __init__(
         self,
@@ -119,6 +120,11 @@ class PostgresStore(Store):
         self.durability = durability
         self.retry_seconds = retry_seconds
         self.connect_timeout = connect_timeout
+        if len(f"stepstone:{self.schema}".encode()) > 63:
+            raise StoreError(
+                f"PostgreSQL schema name {self.schema!r} is too long: stepstone's notification "
+                "channel 'stepstone:<schema>' must fit in 63 bytes (use at most 53)"
+            )
         self._quoted = quote_identifier(self.schema)
         self.Q = {name: text.replace("{schema}", self._quoted) for name, text in _QUERIES.items()}
         self.channel = f"stepstone:{self.schema}"
@@ -287,6 +293,16 @@ class PostgresStore(Store):
     def migrate(self) -> list[str]:
         quoted = self._quoted
 
+        def applied_versions(conn: psycopg.Connection[Row], _retried: bool) -> set[int]:
+            table = conn.execute(
+                "SELECT to_regclass(%s) AS oid", (f"{quoted}.migrations",)
+            ).fetchone()
+            if table is None or table["oid"] is None:
+                return set()
+            return {
+                row["version"] for row in conn.execute(f"SELECT version FROM {quoted}.migrations")
+            }
+
         def apply(conn: psycopg.Connection[Row], _retried: bool) -> list[str]:
             applied: list[str] = []
             with conn.transaction():
@@ -312,6 +328,11 @@ class PostgresStore(Store):
                     applied.append(f"{migration.version:04d}_{migration.name}")
             return applied
 
+        # Up to date (every start but the first): nothing to lock, and no CREATE privilege
+        # is needed on the database.
+        wanted = {migration.version for migration in load_migrations("postgres")}
+        if wanted <= self._run(applied_versions):
+            return []
         return self._run(apply)
 
     # jobs -------------------------------------------------------------------------------
