@@ -766,3 +766,54 @@ def test_a_listening_store_hears_of_a_job_another_store_inserts(pg_url: str) -> 
     finally:
         watcher.close()
         writer.close()
+
+
+def test_a_schema_name_too_long_for_the_channel_is_refused(pg_url: str) -> None:
+    """A schema whose notification channel would not fit in 63 bytes is a clear StoreError
+    at open, not a failure of every later enqueue."""
+    long_url = postgres_url_with_schema(postgres_base_url(), "s" * 60)
+    with pytest.raises(StoreError, match="too long"):
+        open_store(long_url)
+
+
+def test_an_up_to_date_schema_is_opened_without_create_rights(migrated: str) -> None:
+    """Once migrated, a store opens with a role that may not CREATE in the database (the
+    migrations are read, not applied again)."""
+    role = f"stepstone_reader_{uuid.uuid4().hex[:8]}"
+    base = postgres_base_url()
+    schema = split_url(migrated)[1]
+    assert schema is not None
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+    try:
+        parts = urlsplit(migrated)
+        as_role = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}").geturl()
+        store = open_store(as_role)
+        try:
+            assert store.job_list() == []
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_passwords_are_masked_in_shown_urls() -> None:
+    """A password in the user part or as ``?password=`` never shows in a store's URL."""
+    from stepstone.store.urls import mask_password
+
+    assert mask_password("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    shown = mask_password("postgresql://h/db?sslmode=require&password=secret")
+    assert "secret" not in shown
+    assert shown.endswith("password=***")
