@@ -331,7 +331,9 @@ def _decode_arguments(
     app: App, claimed: ClaimedJob
 ) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
     definition = app.jobs[claimed.name]
-    run = JobRun(app, claimed, definition, app.store.checkpoint_list(claimed.id))
+    # Fence 1 is a job's first claim ever: no run can have written a checkpoint yet.
+    history = [] if claimed.fence == 1 else app.store.checkpoint_list(claimed.id)
+    run = JobRun(app, claimed, definition, history)
     try:
         args, kwargs = definition.codec.decode(claimed.args)
     except SerializationError as exc:

@@ -489,12 +489,18 @@ class PostgresStore(Store):
         job_id, fence = params["id"], params["fence"]
 
         def write(conn: psycopg.Connection[Row], retried: bool) -> None:
-            with conn.transaction():
+            if after is None:  # one statement: its own transaction, one round trip
                 if conn.execute(self.Q[name], params).rowcount == 1:
-                    if after is not None:
-                        after(conn)
                     return
                 refusal = self._refuse(conn, job_id, fence, retried=retried, done_state=done_state)
+            else:
+                with conn.transaction():
+                    if conn.execute(self.Q[name], params).rowcount == 1:
+                        after(conn)
+                        return
+                    refusal = self._refuse(
+                        conn, job_id, fence, retried=retried, done_state=done_state
+                    )
             if refusal is not None:
                 raise refusal
 
