@@ -201,7 +201,7 @@ class App:
                 localns=_declaring_scope(),
                 name=job_name,
                 queue=queue,
-                retry=retry or DEFAULT_JOB_RETRY,
+                retry=retry.with_defaults(DEFAULT_JOB_RETRY) if retry else DEFAULT_JOB_RETRY,
                 priority=priority,
                 timeout=timeout,
             )
@@ -249,7 +249,7 @@ class App:
                 self,
                 function,
                 name=step_name,
-                retry=retry or DEFAULT_STEP_RETRY,
+                retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
                 localns=_declaring_scope(),
             )
             self.steps[step_name] = definition

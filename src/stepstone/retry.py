@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from .errors import NonDeterminism, Permanent, SerializationError
 
@@ -19,7 +20,10 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-@dataclass(frozen=True)
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, init=False)
 class Retry:
     """A retry policy.
 
@@ -28,6 +32,10 @@ class Retry:
     it is drawn uniformly from ``[d / 2, d]``. ``retry_on`` limits retries to those
     exception types; ``give_up_on`` names types that are never retried. ``Permanent``
     is never retried.
+
+    A field left out takes the default of where the policy is used: for a step
+    3 attempts, 1 s, x2, at most 60 s; for a job 5 attempts, 1 s, x2, at most 300 s. So
+    ``@app.job(retry=Retry(max_attempts=10))`` still waits up to 300 s between attempts.
     """
 
     max_attempts: int = 3
@@ -38,12 +46,50 @@ class Retry:
     retry_on: ExceptionTypes | None = None
     give_up_on: ExceptionTypes | None = None
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    #: The fields the policy was given; the others fall back to where it is used.
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __init__(
+        self,
+        max_attempts: int = _UNSET,
+        *,
+        initial: float | timedelta = _UNSET,
+        factor: float = _UNSET,
+        max_delay: float | timedelta = _UNSET,
+        jitter: bool = _UNSET,
+        retry_on: ExceptionTypes | None = _UNSET,
+        give_up_on: ExceptionTypes | None = _UNSET,
+        random: Callable[[], float] = _UNSET,
+    ) -> None:
+        passed = {
+            "max_attempts": max_attempts,
+            "initial": initial,
+            "factor": factor,
+            "max_delay": max_delay,
+            "jitter": jitter,
+            "retry_on": retry_on,
+            "give_up_on": give_up_on,
+            "random": random,
+        }
+        given = frozenset(name for name, value in passed.items() if value is not _UNSET)
+        for name, value in passed.items():
+            object.__setattr__(self, name, _CLASS_DEFAULTS[name] if value is _UNSET else value)
+        object.__setattr__(self, "given", given)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"Retry(max_attempts={self.max_attempts}) must be at least 1")
         if _seconds(self.initial) < 0 or _seconds(self.max_delay) < 0 or self.factor < 1:
             raise ValueError("Retry delays must be >= 0 and factor >= 1")
+
+    def with_defaults(self, defaults: Retry) -> Retry:
+        """This policy, with the fields it was not given taken from ``defaults``."""
+        merged = {
+            name: getattr(self if name in self.given else defaults, name)
+            for name in _CLASS_DEFAULTS
+        }
+        return Retry(**merged)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -65,6 +111,17 @@ class Retry:
             return False
         return self.retry_on is None or isinstance(error, self.retry_on)
 
+
+_CLASS_DEFAULTS: dict[str, Any] = {
+    "max_attempts": 3,
+    "initial": 1.0,
+    "factor": 2.0,
+    "max_delay": 60.0,
+    "jitter": True,
+    "retry_on": None,
+    "give_up_on": None,
+    "random": random.random,
+}
 
 DEFAULT_STEP_RETRY = Retry(max_attempts=3, initial=1.0, factor=2.0, max_delay=60.0)
 DEFAULT_JOB_RETRY = Retry(max_attempts=5, initial=1.0, factor=2.0, max_delay=300.0)

@@ -145,3 +145,26 @@ def test_declared_steps_and_jobs_get_the_pinned_defaults() -> None:
     assert a_step.retry.jitter
     assert 30.0 <= a_step.retry.delay(20) <= 60.0
     assert 150.0 <= a_job.retry.delay(20) <= 300.0
+
+
+def test_fields_left_out_take_the_defaults_of_where_the_policy_is_used() -> None:
+    """A job's Retry(max_attempts=10) keeps the job cap of 300 s; a step's Retry(initial=)
+    keeps the step's 3 attempts and 60 s cap; given fields always win."""
+    app = App("sqlite:///:memory:")
+
+    @app.step(retry=Retry(initial=0.5))
+    def a_step() -> int:
+        return 1
+
+    @app.job(name="tests.retry_defaults", retry=Retry(max_attempts=10, max_delay=60))
+    def capped_job() -> int:
+        return a_step()
+
+    @app.job(name="tests.retry_defaults_2", retry=Retry(max_attempts=10))
+    def a_job() -> int:
+        return a_step()
+
+    assert a_step.retry == Retry(max_attempts=3, initial=0.5, factor=2.0, max_delay=60.0)
+    assert a_job.retry == Retry(max_attempts=10, initial=1.0, factor=2.0, max_delay=300.0)
+    assert capped_job.retry.max_delay == 60
+    assert Retry(max_attempts=4).given == frozenset({"max_attempts"})
