@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import sys
 import traceback
 import types
@@ -86,15 +87,20 @@ _decoders: dict[object, msgspec.json.Decoder[Any]] = {Any: _ANY_DECODER, object:
 def dumps(value: object) -> str:
     """Return ``value`` as canonical JSON text (sorted keys), or raise SerializationError."""
     try:
-        return _ENCODER.encode(value).decode()
+        text = _ENCODER.encode(value).decode()
     except SerializationError:
         raise
     except _CODEC_ERRORS:
         # msgspec sorts only str-keyed dicts; ``to_builtins(str_keys=True)`` first turns
         # int/UUID/enum/... keys into their JSON strings, which then sort.
         pass
+    else:
+        if "null" in text:  # JSON has no NaN or infinity: msgspec writes them as null
+            _refuse_non_finite(value)
+        return text
     try:
         plain = msgspec.to_builtins(value, enc_hook=_encode_extra, str_keys=True, order="sorted")
+        _refuse_non_finite(plain)
         return _ENCODER.encode(plain).decode()
     except SerializationError:
         raise
@@ -103,6 +109,26 @@ def dumps(value: object) -> str:
             f"cannot store a value of type {type(value).__qualname__!r} as JSON: {exc}; "
             f"{_SUPPORTED}"
         ) from exc
+
+
+def _refuse_non_finite(value: object) -> None:
+    """Raise SerializationError if ``value`` holds a NaN or an infinity anywhere.
+
+    Stored as null, it would come back as None (or fail to load as a float) on replay.
+    """
+    plain = msgspec.to_builtins(value, enc_hook=_encode_extra, str_keys=True)
+    stack = [plain]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SerializationError(
+                f"cannot store the float {item!r} as JSON (it has no NaN or infinity); "
+                "return None, a string or a Decimal instead"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _build_decoder(type_: object) -> msgspec.json.Decoder[Any]:

@@ -226,9 +226,19 @@ def test_unencodable_string_raises_serialization_error() -> None:
         dumps("\ud800")
 
 
-def test_nan_is_stored_as_null() -> None:
-    """NaN is written as null, as msgspec does, rather than failing."""
-    assert dumps(float("nan")) == "null"
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), {"score": -float("inf")}, [1.0, float("nan")], {1: float("nan")}],
+)
+def test_non_finite_floats_are_refused(value: object) -> None:
+    """NaN and infinities are refused (JSON would store null, which replays as None)."""
+    with pytest.raises(SerializationError, match="no NaN or infinity"):
+        dumps(value)
+
+
+def test_none_is_still_stored_as_null() -> None:
+    """A real None beside finite floats is stored as null and loads back."""
+    assert loads(dumps({"a": None, "b": [1.5]})) == {"a": None, "b": [1.5]}
 
 
 def test_decode_error_names_the_expected_type() -> None:
