@@ -398,10 +398,12 @@ class App:
                 if definition.is_async:
                     from .runner import execute_async
 
-                    asyncio.run(execute_async(self, claimed))
+                    run = asyncio.run(execute_async(self, claimed))
                 else:
-                    execute_sync(self, claimed)
+                    run = execute_sync(self, claimed)
                 claimed = None
+                if run is not None and run.succeeded:
+                    return run.result  # stored, durably: no need to read it back
             record = handle.record()
             now = self.clock.now()
             if record.state.finished:

@@ -68,6 +68,9 @@ class JobRun:
         self.interrupt_logged = False
         #: Set once this run has written how it ended (success, retry, failure, release).
         self.outcome_written = False
+        #: Whether this run stored the job's success, and the value it stored.
+        self.succeeded = False
+        self.result: Any = None
         self.stopping = False
         self.replayed = 0
         self.executed = 0
@@ -259,6 +262,8 @@ class JobRun:
                 error = SerializationError(f"the result of job {self.name}: {exc}")
             else:
                 store.job_complete(self.job_id, self.fence, result=text, now=now)
+                self.succeeded = True
+                self.result = value
                 self.logger.info(
                     "job %s succeeded (%d step(s) run, %d replayed)",
                     self.job_id,

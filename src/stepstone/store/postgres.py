@@ -349,10 +349,8 @@ class PostgresStore(Store):
                 if retried and row is not None and row["args"] == job.args:
                     return InsertResult(rows.job_record(row), created=True)  # our own earlier try
                 raise StoreError(f"job id {job.id} is already taken") from exc
-            if inserted == 1:
-                row = conn.execute(self.Q["job_get"], {"id": job.id}).fetchone()
-                assert row is not None
-                return InsertResult(rows.job_record(row), created=True)
+            if inserted == 1:  # what was written is known: no need to read it back
+                return InsertResult(rows.inserted_record(params), created=True)
             row = conn.execute(self.Q["job_get_by_key"], {"key": job.key}).fetchone()
             if row is None:  # the job holding the key was pruned meanwhile: insert again
                 return insert(conn, retried)
