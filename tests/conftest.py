@@ -3,12 +3,10 @@ subprocess workers."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import pytest
 
 import stepstone
 from stepstone import App
+from stepstone.testing import EPOCH as _EPOCH
+from stepstone.testing import FakeClock
 
 from .backends import POSTGRES, SQLITE_FILE, params
 
@@ -23,38 +23,8 @@ from .backends import POSTGRES, SQLITE_FILE, params
 SRC = Path(stepstone.__file__).resolve().parent.parent
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
-#: 2023-11-14T22:13:20Z: far from the epoch, so that "now" and "0" never mix up.
-EPOCH = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock that only moves when told to; ``sleep`` moves it and returns at once.
-
-    Every sleep is recorded in ``sleeps`` so tests can assert exact backoff delays.
-    Thread-safe: workers call it from their loop, job threads and the heartbeat thread.
-    """
-
-    def __init__(self, start: float = EPOCH) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self._now += max(seconds, 0.0)
-
-    async def sleep_async(self, seconds: float) -> None:
-        self.sleep(seconds)
-        await asyncio.sleep(0)
+#: Where the fake clock starts (re-exported for tests that compare times).
+EPOCH = _EPOCH
 
 
 @pytest.fixture
