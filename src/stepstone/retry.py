@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
@@ -112,15 +112,9 @@ class Retry:
         return self.retry_on is None or isinstance(error, self.retry_on)
 
 
+#: The defaults declared on the fields above (the step defaults), by field name.
 _CLASS_DEFAULTS: dict[str, Any] = {
-    "max_attempts": 3,
-    "initial": 1.0,
-    "factor": 2.0,
-    "max_delay": 60.0,
-    "jitter": True,
-    "retry_on": None,
-    "give_up_on": None,
-    "random": random.random,
+    spec.name: spec.default for spec in fields(Retry) if spec.name != "given"
 }
 
 DEFAULT_STEP_RETRY = Retry(max_attempts=3, initial=1.0, factor=2.0, max_delay=60.0)

@@ -579,17 +579,17 @@ class PostgresStore(Store):
         attempts: int,
         now: float,
     ) -> None:
-        params = {
-            "job_id": job_id,
-            "fence": fence,
-            "seq": seq,
-            "name": name,
-            "status": status,
-            "value": value,
-            "attempts": attempts,
-            "now": now,
-            "synchronous_commit": "on" if self.durability == "full" else "off",
-        }
+        params = rows.checkpoint_params(
+            job_id,
+            fence,
+            seq=seq,
+            name=name,
+            status=status,
+            value=value,
+            attempts=attempts,
+            now=now,
+        )
+        params["synchronous_commit"] = "on" if self.durability == "full" else "off"
 
         def insert(conn: psycopg.Connection[Row], retried: bool) -> None:
             try:
@@ -623,15 +623,9 @@ class PostgresStore(Store):
         error: str,
         now: float,
     ) -> None:
-        params = {
-            "job_id": job_id,
-            "fence": fence,
-            "attempt": attempt,
-            "seq": seq,
-            "step": step,
-            "error": error,
-            "now": now,
-        }
+        params = rows.error_params(
+            job_id, fence, attempt=attempt, seq=seq, step=step, error=error, now=now
+        )
         self._run(lambda conn, _r: conn.execute(self.Q["error_insert"], params))
 
     def error_list(self, job_id: str) -> list[ErrorRecord]:

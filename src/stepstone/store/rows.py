@@ -126,6 +126,52 @@ def inserted_record(params: Mapping[str, Any]) -> JobRecord:
     )
 
 
+def checkpoint_params(
+    job_id: str,
+    fence: int,
+    *,
+    seq: int,
+    name: str,
+    status: str,
+    value: str,
+    attempts: int,
+    now: float,
+) -> dict[str, Any]:
+    """The parameters of ``checkpoint_insert``."""
+    return {
+        "job_id": job_id,
+        "fence": fence,
+        "seq": seq,
+        "name": name,
+        "status": status,
+        "value": value,
+        "attempts": attempts,
+        "now": now,
+    }
+
+
+def error_params(
+    job_id: str,
+    fence: int,
+    *,
+    attempt: int,
+    seq: int | None,
+    step: str | None,
+    error: str,
+    now: float,
+) -> dict[str, Any]:
+    """The parameters of ``error_insert``."""
+    return {
+        "job_id": job_id,
+        "fence": fence,
+        "attempt": attempt,
+        "seq": seq,
+        "step": step,
+        "error": error,
+        "now": now,
+    }
+
+
 def refusal(job_id: str, fence: int, owner: Row | None) -> StepstoneError:
     """Why a write fenced by ``fence`` changed nothing, given the job's (state, fence) now."""
     if owner is None:
@@ -149,8 +195,10 @@ def duplicate_checkpoint(job_id: str, fence: int, seq: int, name: str) -> LeaseL
 __all__ = [
     "Row",
     "checkpoint",
+    "checkpoint_params",
     "claimed_jobs",
     "duplicate_checkpoint",
+    "error_params",
     "error_record",
     "insert_params",
     "inserted_record",

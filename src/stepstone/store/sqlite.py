@@ -293,11 +293,10 @@ class SQLiteStore(Store):
             "queues": json.dumps(list(queues)) if queues is not None else None,
             "now": now,
         }
-        due = bool(self._read(Q["job_due_exists"], params)[0][0])
-        del params["now"]
-        running = int(self._read(Q["job_count_running"], params)[0][0])
-        next_run_at = self._read(Q["job_next_run_at"], params)[0][0]
-        return IdleStatus(due=due, running=running, next_run_at=next_run_at)
+        row = self._read(Q["job_idle_status"], params)[0]
+        return IdleStatus(
+            due=bool(row["due"]), running=int(row["running"]), next_run_at=row["next_run_at"]
+        )
 
     def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:
         lost: set[str] = set()
@@ -430,16 +429,16 @@ class SQLiteStore(Store):
         attempts: int,
         now: float,
     ) -> None:
-        params = {
-            "job_id": job_id,
-            "fence": fence,
-            "seq": seq,
-            "name": name,
-            "status": status,
-            "value": value,
-            "attempts": attempts,
-            "now": now,
-        }
+        params = rows.checkpoint_params(
+            job_id,
+            fence,
+            seq=seq,
+            name=name,
+            status=status,
+            value=value,
+            attempts=attempts,
+            now=now,
+        )
         with self._lock, self._translate():
             conn = self._write
             try:
@@ -464,15 +463,9 @@ class SQLiteStore(Store):
         error: str,
         now: float,
     ) -> None:
-        params = {
-            "job_id": job_id,
-            "fence": fence,
-            "attempt": attempt,
-            "seq": seq,
-            "step": step,
-            "error": error,
-            "now": now,
-        }
+        params = rows.error_params(
+            job_id, fence, attempt=attempt, seq=seq, step=step, error=error, now=now
+        )
         with self._lock, self._translate():
             self._write.execute(Q["error_insert"], params)
 

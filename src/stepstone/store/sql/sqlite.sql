@@ -44,24 +44,23 @@ SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, repl
 WHERE id = :id AND state = 'queued'
 RETURNING id, name, queue, key, args, fence, attempts, priority, run_at;
 
--- name: job_due_exists
-SELECT EXISTS (
-    SELECT 1 FROM stepstone_jobs INDEXED BY stepstone_jobs_due
-    WHERE state = 'queued' AND run_at <= :now
-      AND name IN (SELECT value FROM json_each(:names))
-      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))));
-
--- name: job_next_run_at
-SELECT min(run_at) FROM stepstone_jobs INDEXED BY stepstone_jobs_due
-WHERE state = 'queued'
-  AND name IN (SELECT value FROM json_each(:names))
-  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
-
--- name: job_count_running
-SELECT count(*) FROM stepstone_jobs INDEXED BY stepstone_jobs_leases
-WHERE state = 'running'
-  AND name IN (SELECT value FROM json_each(:names))
-  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
+-- name: job_idle_status
+SELECT
+    EXISTS (SELECT 1 FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+            WHERE state = 'queued' AND run_at <= :now
+              AND name IN (SELECT value FROM json_each(:names))
+              AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+        AS due,
+    (SELECT count(*) FROM stepstone_jobs INDEXED BY stepstone_jobs_leases
+     WHERE state = 'running'
+       AND name IN (SELECT value FROM json_each(:names))
+       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+        AS running,
+    (SELECT min(run_at) FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+     WHERE state = 'queued'
+       AND name IN (SELECT value FROM json_each(:names))
+       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+        AS next_run_at;
 
 -- name: job_heartbeat
 UPDATE stepstone_jobs SET lease_expires_at = :lease_until
