@@ -10,6 +10,7 @@ from __future__ import annotations
 from .app import App
 from .context import Current, current
 from .errors import (
+    InvalidKey,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -24,11 +25,11 @@ from .errors import (
     UnknownJob,
     WaitTimeout,
 )
-from .handle import AttemptError, JobHandle, StepRecord
+from .handle import AttemptError, Enqueued, JobHandle, StepRecord
 from .job import JobDefinition
 from .logs import configure_logging
 from .retry import Retry
-from .step import StepDefinition
+from .step import StepDefinition, TransactionStep
 from .store.base import JobState
 from .worker import Worker
 
@@ -38,6 +39,8 @@ __all__ = [
     "App",
     "AttemptError",
     "Current",
+    "Enqueued",
+    "InvalidKey",
     "JobCancelled",
     "JobDefinition",
     "JobFailed",
@@ -55,6 +58,7 @@ __all__ = [
     "StepstoneError",
     "StoreError",
     "StoredError",
+    "TransactionStep",
     "UnknownJob",
     "WaitTimeout",
     "Worker",

@@ -10,19 +10,20 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .clock import Clock, SystemClock
 from .errors import JobNotFound, KeyConflict, StepstoneError, UnknownJob
-from .handle import JobHandle
+from .handle import Enqueued, JobHandle
 from .job import DEFAULT_QUEUE, JobDefinition
+from .keys import KeyTemplate, check_key
 from .lease import LeaseKeeper
 from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
-from .step import StepDefinition
+from .step import StepDefinition, TransactionStep
 from .store import Store, open_store
-from .store.base import JobRecord, JobState, NewJob
+from .store.base import InsertResult, JobRecord, JobState, MemoRecord, NewJob
 from .store.urls import mask_password
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///stepstone.db"
+#: How many jobs ``enqueue_many`` writes per transaction.
+BATCH_SIZE = 1000
 _OPTIONS = {
     "clock",
     "poll_interval",
@@ -222,7 +225,8 @@ class App:
         *,
         name: str | None = None,
         retry: Retry | None = None,
-        key: Any = None,
+        key: str | Callable[..., str] | None = None,
+        ttl: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
     ) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
 
@@ -233,19 +237,64 @@ class App:
         *,
         name: str | None = None,
         retry: Retry | None = None,
-        key: Any = None,
+        key: str | Callable[..., str] | None = None,
+        ttl: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
     ) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
-        """Declare a step. ``@app.step`` or ``@app.step(name=, retry=)``."""
-        for option, value in (("key", key), ("timeout", timeout)):
-            if value is not None:
-                raise StepstoneError(
-                    f"@app.step({option}=...) is not supported by this version of stepstone"
-                )
+        """Declare a step. ``@app.step`` or ``@app.step(name=, retry=, key=, ttl=)``.
+
+        ``key`` (a ``str.format`` template over the step's arguments, or a callable taking
+        them) stores the step's result under that key for every job: any later call with
+        the same key returns it without running the body, until ``app.forget(key)`` or,
+        with ``ttl`` (seconds or a ``timedelta``), until it expires.
+        """
+        if timeout is not None:
+            raise StepstoneError(
+                "@app.step(timeout=...) is not supported by this version of stepstone"
+            )
 
         def register(function: Callable[P, R]) -> StepDefinition[P, R]:
             step_name = name or function.__name__
             definition = StepDefinition(
+                self,
+                function,
+                name=step_name,
+                retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
+                localns=_declaring_scope(),
+                key=key,
+                ttl=ttl,
+            )
+            self.steps[step_name] = definition
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def transaction(self, fn: Callable[Concatenate[Any, P], R], /) -> TransactionStep[P, R]: ...
+
+    @overload
+    def transaction(
+        self, fn: None = None, /, *, name: str | None = None, retry: Retry | None = None
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], TransactionStep[P, R]]: ...
+
+    def transaction(
+        self,
+        fn: Callable[Concatenate[Any, P], R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+    ) -> (
+        TransactionStep[P, R] | Callable[[Callable[Concatenate[Any, P], R]], TransactionStep[P, R]]
+    ):
+        """Declare a transactional step: ``@app.transaction`` or ``@app.transaction(name=,
+        retry=)``. Its first parameter receives a connection to stepstone's database
+        (``sqlite3.Connection``, or a psycopg ``Connection``) inside the transaction that
+        also writes the step's checkpoint: its writes happen exactly once."""
+
+        def register(function: Callable[Concatenate[Any, P], R]) -> TransactionStep[P, R]:
+            step_name = name or function.__name__
+            definition: TransactionStep[P, R] = TransactionStep(
                 self,
                 function,
                 name=step_name,
@@ -290,12 +339,16 @@ class App:
         run_at: datetime | float | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> JobHandle:
         """Durably enqueue a job; with ``key``, at most one job per key ever exists.
 
         A second enqueue with the same key and the same arguments returns the first job;
-        with other arguments (or another job) it raises ``KeyConflict``.
+        with other arguments (or another job) it raises ``KeyConflict``. With
+        ``connection`` (your own ``sqlite3``/psycopg connection to this app's database),
+        the job is written inside your open transaction: it exists if and only if your
+        transaction commits.
         """
         definition = self._definition(job)
         record = self._insert(
@@ -306,9 +359,100 @@ class App:
             run_at=self._due(delay, run_at),
             queue=queue,
             priority=priority,
+            connection=connection,
         )
-        self._wake_workers()
+        if connection is None:
+            self._wake_workers()
         return JobHandle(self, record.id, record.key)
+
+    def enqueue_many(
+        self,
+        job: Any,
+        items: Iterable[tuple[Any, ...] | list[Any] | Mapping[str, Any]],
+        key: str | Callable[..., str] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | float | None = None,
+        batch_size: int = BATCH_SIZE,
+    ) -> Enqueued:
+        """Enqueue one job per item, in batches: the bulk enqueue of a backfill.
+
+        Each item is a tuple (or list) of positional arguments or a dict of keyword
+        arguments. ``key`` is a ``str.format`` template over the job's bound arguments (or
+        a callable taking them); an item whose key is taken by a job with the same
+        arguments is skipped and counted in ``.existing``, one with other arguments raises
+        ``KeyConflict`` (the batches before it stay written; enqueueing again skips them).
+        Returns the handles, new and existing, in item order, with ``.new`` and
+        ``.existing`` counts.
+        """
+        definition = self._definition(job)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        template = (
+            KeyTemplate(key, definition.fn, what=f"key of job {definition.name}")
+            if key is not None
+            else None
+        )
+        due = self._due(delay, run_at)
+        result = Enqueued()
+        batch: list[NewJob] = []
+        for index, item in enumerate(items):
+            args, kwargs = _item_arguments(item, index)
+            job_key = template.render(args, kwargs) if template is not None else None
+            batch.append(
+                self._new_job(
+                    definition,
+                    args,
+                    kwargs,
+                    key=job_key,
+                    run_at=due,
+                    queue=queue,
+                    priority=priority,
+                )
+            )
+            if len(batch) >= batch_size:
+                self._insert_batch(batch, result, first_index=len(result))
+                batch = []
+        if batch:
+            self._insert_batch(batch, result, first_index=len(result))
+        if result.new:
+            self._wake_workers()
+        return result
+
+    def _insert_batch(self, batch: list[NewJob], result: Enqueued, *, first_index: int) -> None:
+        """Write one batch; repeats of a key within it are answered from its first item."""
+        first: dict[str, int] = {}
+        unique: list[NewJob] = []
+        for position, new in enumerate(batch):
+            if new.key is not None and new.key in first:
+                continue
+            if new.key is not None:
+                first[new.key] = position
+            unique.append(new)
+        inserted = dict(
+            zip(
+                (new.id for new in unique),
+                self.store.job_insert_many(unique, now=self.clock.now()),
+                strict=True,
+            )
+        )
+        handles: list[JobHandle] = []
+        new_count = existing_count = 0
+        for position, new in enumerate(batch):
+            outcome = inserted.get(new.id)
+            if outcome is None:  # a repeat within the batch
+                assert new.key is not None
+                outcome = InsertResult(inserted[batch[first[new.key]].id].job, created=False)
+            if not outcome.created:
+                self._check_same(outcome.job, new, index=first_index + position)
+            handles.append(JobHandle(self, outcome.job.id, outcome.job.key))
+            if outcome.created:
+                new_count += 1
+            else:
+                existing_count += 1
+        result._extend(handles, new=new_count, existing=existing_count)
 
     def _due(self, delay: float | timedelta | None, run_at: datetime | float | None) -> float:
         now = self.clock.now()
@@ -333,29 +477,59 @@ class App:
         queue: str | None,
         priority: int | None,
         owner: str | None = None,
+        connection: Any = None,
     ) -> JobRecord:
-        encoded = definition.codec.encode(args, kwargs)
-        new = NewJob(
+        new = self._new_job(
+            definition, args, kwargs, key=key, run_at=run_at, queue=queue, priority=priority
+        )
+        now = self.clock.now()
+        if connection is not None:
+            if owner is not None:
+                raise StepstoneError("app.run does not take a connection")
+            inserted = self.store.job_insert_on(connection, new, now=now)
+        else:
+            inserted = self.store.job_insert(
+                new, now=now, owner=owner, lease_until=now + self.lease
+            )
+        if not inserted.created:
+            self._check_same(inserted.job, new)
+        return inserted.job
+
+    def _new_job(
+        self,
+        definition: JobDefinition[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: str | None,
+        run_at: float,
+        queue: str | None,
+        priority: int | None,
+    ) -> NewJob:
+        if key is not None:
+            check_key(key, what="job key")
+        return NewJob(
             id=new_job_id(),
             name=definition.name,
             queue=queue or definition.queue,
             key=key,
-            args=encoded,
+            args=definition.codec.encode(args, kwargs),
             priority=definition.priority if priority is None else priority,
             run_at=run_at,
         )
-        now = self.clock.now()
-        inserted = self.store.job_insert(new, now=now, owner=owner, lease_until=now + self.lease)
-        if not inserted.created:
-            existing = inserted.job
-            if existing.name != new.name or existing.args != new.args:
-                raise KeyConflict(
-                    f"key {key!r} is taken by job {existing.id} ({existing.name}) with "
-                    f"arguments {existing.args}; this call passed {new.name} with arguments "
-                    f"{new.args}. A key names one piece of work: use another key for other "
-                    "arguments."
-                )
-        return inserted.job
+
+    @staticmethod
+    def _check_same(existing: JobRecord, new: NewJob, *, index: int | None = None) -> None:
+        """A key names one piece of work: the same job with the same arguments."""
+        if existing.name == new.name and existing.args == new.args:
+            return
+        where = f"item {index}: " if index is not None else ""
+        raise KeyConflict(
+            f"{where}key {new.key!r} is taken by job {existing.id} ({existing.name}) with "
+            f"arguments {existing.args}; this call passed {new.name} with arguments "
+            f"{new.args}. A key names one piece of work: use another key for other "
+            "arguments."
+        )
 
     # running jobs -----------------------------------------------------------------------
     def run(self, job: Any, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
@@ -490,9 +664,24 @@ class App:
             self._wake_workers()
         return requeued
 
+    def forget(self, memo_key: str, *, prefix: bool = False) -> int:
+        """Drop the value stored under a memo key (or, with ``prefix=True``, under every key
+        that starts with it): the next call computes it afresh. Returns how many were
+        dropped. Jobs that already took the value keep it in their own history."""
+        if not prefix:
+            check_key(memo_key, what="memo key")
+        return self.store.memo_forget(memo_key, prefix=prefix)
+
+    def memo(self, memo_key: str) -> MemoRecord | None:
+        """The memo stored under a key (its state, value as JSON text, expiry), if any."""
+        return self.store.memo_get(memo_key, now=self.clock.now())
+
     def prune(self, older_than: float | timedelta) -> int:
-        """Delete jobs that finished more than ``older_than`` ago, with their history."""
-        before = self.clock.now() - _seconds(older_than)
+        """Delete jobs that finished more than ``older_than`` ago, with their history, and
+        memos whose time to live ran out."""
+        now = self.clock.now()
+        before = now - _seconds(older_than)
+        self.store.memo_prune(now=now)
         total = 0
         while True:
             deleted = self.store.job_prune(finished_before=before)
@@ -512,6 +701,18 @@ class App:
     def _wake_workers(self) -> None:
         for worker in list(self._workers):
             worker.wake()
+
+
+def _item_arguments(item: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positional and keyword arguments an ``enqueue_many`` item stands for."""
+    if isinstance(item, Mapping):
+        return (), dict(item)
+    if isinstance(item, tuple | list):
+        return tuple(item), {}
+    raise TypeError(
+        f"enqueue_many item {index} is a {type(item).__name__}; give a tuple of positional "
+        "arguments or a dict of keyword arguments (for one argument: (value,))"
+    )
 
 
 __all__ = ["App", "new_job_id"]

@@ -30,11 +30,19 @@ class StepFrame:
     ident: str
     seq: int
     attempt: int
+    #: The step's memo key, if it has one: its idempotency key derives from it.
+    memo: str | None = None
 
 
 def idempotency_key(job_id: str, ident: str) -> str:
     """Stable for every attempt of one step of one job, different between steps and jobs."""
     digest = hashlib.sha256(f"{job_id}/{ident}".encode()).hexdigest()[:32]
+    return f"stepstone-{digest}"
+
+
+def memo_idempotency_key(memo: str) -> str:
+    """For a step with a memo key: stable for every run of any job that computes the key."""
+    digest = hashlib.sha256(f"memo/{memo}".encode()).hexdigest()[:32]
     return f"stepstone-{digest}"
 
 
@@ -83,7 +91,10 @@ def current() -> Current:
     frame = current_step.get()
     if frame is not None:
         step_name: str | None = frame.name
-        key = idempotency_key(run.job_id, frame.ident)
+        if frame.memo is not None:
+            key = memo_idempotency_key(frame.memo)
+        else:
+            key = idempotency_key(run.job_id, frame.ident)
     else:
         step_name = None
         key = idempotency_key(run.job_id, f"@{run.position}")

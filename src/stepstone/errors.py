@@ -33,6 +33,11 @@ class NonDeterminism(StepstoneError):
     """The job called its steps in a different order than its stored history."""
 
 
+class InvalidKey(StepstoneError, ValueError):
+    """A job key or memo key that cannot be used: too long, empty, or a template naming an
+    argument the function does not have."""
+
+
 class SerializationError(StepstoneError, TypeError):
     """A value cannot be stored as JSON."""
 
@@ -83,6 +88,7 @@ class Suspend(BaseException):
 
 
 __all__ = [
+    "InvalidKey",
     "JobCancelled",
     "JobFailed",
     "JobNotFound",

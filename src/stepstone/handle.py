@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from .errors import JobCancelled, JobFailed, JobNotFound
 from .serialization import describe_error, error_from_record, loads
@@ -30,6 +31,9 @@ class StepRecord:
     value: Any
     error: dict[str, Any] | None
     created_at: float
+    #: The memo key the value was stored under (computed here) or taken from (``attempts``
+    #: is 0: the body did not run in this job).
+    memo: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ class JobHandle:
                     value=loads(checkpoint.value) if ok else None,
                     error=None if ok else json.loads(checkpoint.value),
                     created_at=checkpoint.created_at,
+                    memo=checkpoint.memo,
                 )
             )
         return steps
@@ -165,4 +170,34 @@ class JobHandle:
         return self._app.cancel(self.id)
 
 
-__all__ = ["AttemptError", "JobHandle", "StepRecord"]
+class Enqueued(Sequence[JobHandle]):
+    """What ``app.enqueue_many`` did: the handles in item order, and how many of the jobs
+    are new and how many already existed (their key was taken by the same work)."""
+
+    def __init__(self) -> None:
+        self._handles: list[JobHandle] = []
+        self.new = 0
+        self.existing = 0
+
+    def _extend(self, handles: list[JobHandle], *, new: int, existing: int) -> None:
+        self._handles.extend(handles)
+        self.new += new
+        self.existing += existing
+
+    @overload
+    def __getitem__(self, index: int) -> JobHandle: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[JobHandle]: ...
+
+    def __getitem__(self, index: int | slice) -> JobHandle | list[JobHandle]:
+        return self._handles[index]
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __repr__(self) -> str:
+        return f"<Enqueued new={self.new} existing={self.existing}>"
+
+
+__all__ = ["AttemptError", "Enqueued", "JobHandle", "StepRecord"]

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
-from .errors import NonDeterminism, Permanent, SerializationError
+from .errors import InvalidKey, NonDeterminism, Permanent, SerializationError
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 #: Errors no retry can mend: the code or the data must change first.
-NEVER_RETRIED: tuple[type[BaseException], ...] = (Permanent, SerializationError, NonDeterminism)
+NEVER_RETRIED: tuple[type[BaseException], ...] = (
+    Permanent,
+    SerializationError,
+    NonDeterminism,
+    InvalidKey,
+)
 
 
 def _seconds(value: float | timedelta) -> float:

@@ -24,7 +24,7 @@ from .errors import (
     StoreError,
 )
 from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
-from .store.base import Checkpoint, ClaimedJob
+from .store.base import Checkpoint, ClaimedJob, MemoClaim
 
 if TYPE_CHECKING:
     from .app import App
@@ -128,7 +128,16 @@ class JobRun:
         raise error_from_record(record)
 
     # writes -----------------------------------------------------------------------------
-    def checkpoint(self, seq: int, ident: str, status: str, value: str, attempts: int) -> None:
+    def checkpoint(
+        self,
+        seq: int,
+        ident: str,
+        status: str,
+        value: str,
+        attempts: int,
+        *,
+        memo: str | None = None,
+    ) -> None:
         """Write a step's checkpoint; a refusal makes the run's interruption sticky."""
         try:
             self.store.checkpoint_insert(
@@ -140,11 +149,98 @@ class JobRun:
                 value=value,
                 attempts=attempts,
                 now=self.app.clock.now(),
+                memo=memo,
             )
         except (LeaseLost, JobCancelled, StoreError) as exc:
             self.interrupt = exc
             raise
         self.executed += 1
+
+    # memo keys --------------------------------------------------------------------------
+    def memo_acquire(
+        self, step: StepDefinition[Any, Any], seq: int, ident: str, key: str
+    ) -> MemoClaim:
+        """Look a memo key up for a step call: a hit is checkpointed into this run's history
+        (with no attempt of its own); ``acquired`` means this run computes the key."""
+        try:
+            claim = self.store.memo_acquire(
+                key, self.job_id, self.fence, step=step.name, now=self.app.clock.now()
+            )
+        except StoreError as exc:
+            self.interrupt = exc
+            raise
+        if claim.outcome == "hit":
+            assert claim.value is not None
+            self.checkpoint(seq, ident, "ok", claim.value, 0, memo=key)
+            self.executed -= 1
+            self.replayed += 1
+            self.logger.info(
+                "step %s took its value from memo key %r",
+                ident,
+                key,
+                extra={"action": "step.memo_hit", "step": ident, "memo": key},
+            )
+        elif claim.outcome == "acquired" and claim.other_job is not None:
+            self.logger.warning(
+                "step %s takes memo key %r over from job %s, whose run stopped computing it",
+                ident,
+                key,
+                claim.other_job,
+                extra={"action": "step.memo_takeover", "step": ident, "memo": key},
+            )
+        elif claim.outcome == "busy" and logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                "step %s waits for memo key %r, which job %s computes",
+                ident,
+                key,
+                claim.other_job,
+                extra={"action": "step.memo_wait", "step": ident, "memo": key},
+            )
+        return claim
+
+    def memo_complete(
+        self,
+        step: StepDefinition[Any, Any],
+        seq: int,
+        ident: str,
+        key: str,
+        *,
+        text: str,
+        attempts: int,
+    ) -> str:
+        """Store a computed value under its memo key and as this run's checkpoint, together;
+        returns the value stored (another run's, if it stored the key first)."""
+        now = self.app.clock.now()
+        try:
+            stored = self.store.memo_complete(
+                key,
+                self.job_id,
+                self.fence,
+                seq=seq,
+                name=ident,
+                step=step.name,
+                value=text,
+                attempts=attempts,
+                expires_at=now + step.ttl if step.ttl is not None else None,
+                now=now,
+            )
+        except (LeaseLost, JobCancelled, StoreError) as exc:
+            self.interrupt = exc
+            raise
+        self.executed += 1
+        return stored
+
+    def memo_release(self, key: str) -> None:
+        """Give up this run's claim on a memo key (its step failed or the run stops)."""
+        try:
+            self.store.memo_release(key, self.job_id, self.fence)
+        except StoreError:
+            self.logger.warning(
+                "could not release memo key %r; runs waiting for it take it over once this "
+                "job's lease expires",
+                key,
+                extra={"action": "store.error", "memo": key},
+            )
 
     def record_step_error(self, seq: int, ident: str, attempt: int, error: BaseException) -> str:
         """Keep the error of one failed step attempt; return its stored form."""

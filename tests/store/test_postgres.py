@@ -127,6 +127,18 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("attempts", "integer"),
         Column("fence", "bigint"),
         Column("created_at", TIMESTAMP),
+        _null("memo", "text"),
+    ),
+    "memos": (
+        Column("key", "text"),
+        Column("state", "text"),
+        Column("step", "text"),
+        _null("value", "json"),
+        _null("owner_job", "text"),
+        _null("owner_fence", "bigint"),
+        _null("expires_at", TIMESTAMP),
+        Column("created_at", TIMESTAMP),
+        Column("updated_at", TIMESTAMP),
     ),
     "errors": (
         Column("id", "bigint", default="nextval('{schema}.errors_id_seq'::regclass)"),
@@ -175,12 +187,14 @@ KEYS = {
     ("jobs", "UNIQUE", ("key",)),
     ("checkpoints", "PRIMARY KEY", ("job_id", "seq")),
     ("errors", "PRIMARY KEY", ("id",)),
+    ("memos", "PRIMARY KEY", ("key",)),
 }
 
 CHECKS = {
     "jobs": "CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'waiting'::text, "
     "'succeeded'::text, 'failed'::text, 'cancelled'::text])))",
     "checkpoints": "CHECK ((status = ANY (ARRAY['ok'::text, 'error'::text])))",
+    "memos": "CHECK ((state = ANY (ARRAY['computing'::text, 'done'::text])))",
 }
 
 #: Every index, as ``pg_indexes.indexdef`` prints it (with the keys' own indexes).
@@ -200,6 +214,9 @@ INDEXES = {
     "USING btree (job_id, seq)",
     "errors_pkey": "CREATE UNIQUE INDEX errors_pkey ON {schema}.errors USING btree (id)",
     "errors_job": "CREATE INDEX errors_job ON {schema}.errors USING btree (job_id, id)",
+    "memos_pkey": "CREATE UNIQUE INDEX memos_pkey ON {schema}.memos USING btree (key)",
+    "memos_expiry": "CREATE INDEX memos_expiry ON {schema}.memos USING btree (expires_at) "
+    "WHERE (expires_at IS NOT NULL)",
 }
 
 #: The trigger that wakes idle workers, and the function it runs.

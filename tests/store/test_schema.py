@@ -92,6 +92,18 @@ SQLITE_SCHEMA = Schema(
             _required("attempts", "INTEGER"),
             _required("fence", "INTEGER"),
             _required("created_at", "REAL"),
+            Column("memo", "TEXT"),
+        ),
+        "stepstone_memos": (
+            Column("key", "TEXT", not_null=True, primary_key=1),
+            _required("state", "TEXT"),
+            _required("step", "TEXT"),
+            Column("value", "TEXT"),
+            Column("owner_job", "TEXT"),
+            Column("owner_fence", "INTEGER"),
+            Column("expires_at", "REAL"),
+            _required("created_at", "REAL"),
+            _required("updated_at", "REAL"),
         ),
         "stepstone_errors": (
             Column("id", "INTEGER", primary_key=1),
@@ -116,9 +128,12 @@ SQLITE_SCHEMA = Schema(
         ),
         "stepstone_jobs_created": Index("stepstone_jobs", ("created_at",)),
         "stepstone_errors_job": Index("stepstone_errors", ("job_id", "id")),
+        "stepstone_memos_expiry": Index(
+            "stepstone_memos", ("expires_at",), where="expires_at IS NOT NULL"
+        ),
     },
     unique=frozenset({("stepstone_jobs", ("key",))}),
-    without_rowid=frozenset({"stepstone_checkpoints"}),
+    without_rowid=frozenset({"stepstone_checkpoints", "stepstone_memos"}),
 )
 
 

@@ -20,6 +20,7 @@ import pytest
 from stepstone.errors import StoreError
 from stepstone.store import open_store
 from stepstone.store.base import JobState
+from stepstone.store.queries import load_migrations
 from stepstone.store.sqlite import SQLiteStore  # noqa: F401 - imported before forks drop root
 
 from .support import NAMES, claim_due, insert
@@ -222,7 +223,9 @@ def test_processes_opening_a_fresh_file_at_once_all_succeed(tmp_path: Path) -> N
     for url in urls:
         conn = sqlite3.connect(url[len("sqlite:///") :])
         try:
-            assert conn.execute("SELECT count(*) FROM stepstone_migrations").fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM stepstone_migrations").fetchone()[0] == len(
+                    load_migrations("sqlite")
+                )
         finally:
             conn.close()
 

@@ -13,7 +13,9 @@ import abc
 import enum
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 
 class JobState(enum.StrEnum):
@@ -32,6 +34,10 @@ class JobState(enum.StrEnum):
 
 
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+#: The longest job key or memo key, in UTF-8 bytes (PostgreSQL's unique index holds keys
+#: of up to about 2,700 bytes; one limit keeps both stores alike).
+MAX_KEY_BYTES = 1000
 
 #: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
 POISON_RECLAIMS = 5
@@ -117,6 +123,47 @@ class Checkpoint:
     value: str
     attempts: int
     created_at: float
+    #: The memo key the value was stored under or taken from (``attempts == 0``: a hit).
+    memo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoRecord:
+    """A memo key as stored: ``computing`` while a run owns it, then ``done``."""
+
+    key: str
+    state: str
+    step: str
+    value: str | None
+    owner_job: str | None
+    owner_fence: int | None
+    expires_at: float | None
+    created_at: float
+    updated_at: float
+    #: Whether the owning run still holds its job's lease (read with the record).
+    owner_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemoClaim:
+    """What ``memo_acquire`` found: a stored value (hit), the key now ours, or a live owner."""
+
+    #: ``hit``, ``acquired`` or ``busy``.
+    outcome: str
+    value: str | None = None
+    #: When busy: the job computing the key. When acquired: the job whose claim was taken over.
+    other_job: str | None = None
+
+
+class StepTransaction(abc.ABC):
+    """An open database transaction for a transactional step, plus its checkpoint write."""
+
+    #: The driver connection handed to the step function (inside the transaction).
+    connection: Any
+
+    @abc.abstractmethod
+    def checkpoint(self, *, seq: int, name: str, value: str, attempts: int, now: float) -> None:
+        """Write the step's ``ok`` checkpoint inside the transaction (fenced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,11 +344,84 @@ class Store(abc.ABC):
         value: str,
         attempts: int,
         now: float,
+        memo: str | None = None,
     ) -> None:
         """Write one checkpoint, at most once, only while ``fence`` owns the running job.
 
         Raises ``LeaseLost`` or ``JobCancelled`` when it does not.
         """
+
+    @abc.abstractmethod
+    def step_transaction(
+        self, job_id: str | None, fence: int | None
+    ) -> AbstractContextManager[StepTransaction]:
+        """A transaction for a transactional step: commits on exit, rolls back on error.
+
+        Without a job (a call outside a running job), the transaction writes no checkpoint.
+        The connection refuses ``commit()`` and ``rollback()`` while the step runs.
+        """
+
+    # bulk and caller-transaction enqueues -------------------------------------------------
+    @abc.abstractmethod
+    def job_insert_many(self, jobs: Sequence[NewJob], *, now: float) -> list[InsertResult]:
+        """Insert queued jobs in one durable transaction; a taken key yields its job.
+
+        Keys must be distinct within one call. Results are in the order of ``jobs``.
+        """
+
+    @abc.abstractmethod
+    def job_insert_on(self, connection: Any, job: NewJob, *, now: float) -> InsertResult:
+        """Insert a queued job through the caller's own connection, inside whatever
+        transaction it has open: the job exists if and only if that transaction commits."""
+
+    # memo keys ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def memo_acquire(
+        self, key: str, job_id: str, fence: int, *, step: str, now: float
+    ) -> MemoClaim:
+        """A stored unexpired value (``hit``); else the key claimed for this run
+        (``acquired``: free, expired, or its owner's lease is gone); else ``busy``."""
+
+    @abc.abstractmethod
+    def memo_complete(
+        self,
+        key: str,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        step: str,
+        value: str,
+        attempts: int,
+        expires_at: float | None,
+        now: float,
+    ) -> str:
+        """Store a computed value under ``key`` and as the job's checkpoint, atomically.
+
+        If another run stored an unexpired value first, that value wins: it is the one
+        checkpointed and returned. Fenced like ``checkpoint_insert``.
+        """
+
+    @abc.abstractmethod
+    def memo_release(self, key: str, job_id: str, fence: int) -> None:
+        """Give up this run's claim on ``key`` (its step failed): a waiter takes it over."""
+
+    @abc.abstractmethod
+    def memo_get(self, key: str, *, now: float) -> MemoRecord | None:
+        """The memo stored under ``key``."""
+
+    @abc.abstractmethod
+    def memo_list(self, prefix: str = "", *, limit: int = 100) -> list[MemoRecord]:
+        """Memos whose key starts with ``prefix``, by key."""
+
+    @abc.abstractmethod
+    def memo_forget(self, key: str, *, prefix: bool = False) -> int:
+        """Drop the memo ``key`` (or every memo whose key starts with it); return how many."""
+
+    @abc.abstractmethod
+    def memo_prune(self, *, now: float) -> int:
+        """Drop memos whose time to live has run out."""
 
     @abc.abstractmethod
     def error_insert(
@@ -324,6 +444,7 @@ class Store(abc.ABC):
 
 __all__ = [
     "FINISHED_STATES",
+    "MAX_KEY_BYTES",
     "POISON_RECLAIMS",
     "Checkpoint",
     "ClaimedJob",
@@ -332,8 +453,11 @@ __all__ = [
     "InsertResult",
     "JobRecord",
     "JobState",
+    "MemoClaim",
+    "MemoRecord",
     "NewJob",
     "Rescue",
+    "StepTransaction",
     "Store",
     "poison_error",
 ]

@@ -17,11 +17,12 @@ committed is recognised by its fencing token). Tables live in their own schema
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import JobNotFound, StepstoneError, StoreError
@@ -35,8 +36,11 @@ from .base import (
     InsertResult,
     JobRecord,
     JobState,
+    MemoClaim,
+    MemoRecord,
     NewJob,
     Rescue,
+    StepTransaction,
     Store,
     poison_error,
 )
@@ -46,7 +50,8 @@ from .urls import mask_password
 try:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg.rows import dict_row
+    from psycopg.pq import TransactionStatus
+    from psycopg.rows import dict_row, tuple_row
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise StoreError(
@@ -578,6 +583,7 @@ class PostgresStore(Store):
         value: str,
         attempts: int,
         now: float,
+        memo: str | None = None,
     ) -> None:
         params = rows.checkpoint_params(
             job_id,
@@ -588,6 +594,7 @@ class PostgresStore(Store):
             value=value,
             attempts=attempts,
             now=now,
+            memo=memo,
         )
         params["synchronous_commit"] = "on" if self.durability == "full" else "off"
 
@@ -612,6 +619,256 @@ class PostgresStore(Store):
 
         self._run(insert)
 
+    def _insert_checkpoint(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any], *, retried: bool = False
+    ) -> str:
+        """Insert a checkpoint on ``conn`` (inside the caller's transaction); returns the
+        value stored, which differs from ``params`` only on a retried write that had landed."""
+        job_id, fence, seq, name = params["job_id"], params["fence"], params["seq"], params["name"]
+        with conn.cursor(row_factory=dict_row) as cursor:
+            try:
+                with conn.transaction():  # a savepoint: a refusal leaves the outer one usable
+                    if cursor.execute(self.Q["checkpoint_insert"], params).rowcount == 1:
+                        return str(params["value"])
+            except psycopg.errors.UniqueViolation as exc:
+                existing = cursor.execute(
+                    self.Q["checkpoint_get"], {"job_id": job_id, "seq": seq}
+                ).fetchone()
+                if retried and existing is not None and existing["fence"] == fence:
+                    return str(existing["value"])
+                raise rows.duplicate_checkpoint(job_id, fence, seq, name) from exc
+            except psycopg.errors.IntegrityError as exc:
+                raise StoreError(
+                    f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
+                ) from exc
+            row = cursor.execute(self.Q["job_owner"], {"id": job_id}).fetchone()
+        raise rows.refusal(job_id, fence, row)
+
+    @contextlib.contextmanager
+    def step_transaction(self, job_id: str | None, fence: int | None) -> Iterator[StepTransaction]:
+        try:
+            lease = self._pool.connection()
+            conn = lease.__enter__()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(f"PostgreSQL at {self.url} is unreachable: {exc}") from exc
+        error: BaseException | None = None
+        try:
+            conn.row_factory = cast(Any, tuple_row)  # psycopg's default, as users expect
+            transaction = conn.transaction()
+            try:
+                transaction.__enter__()
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot begin a transaction: {exc}") from exc
+            try:
+                yield _PostgresStepTransaction(self, conn, job_id, fence)
+            except BaseException as exc:
+                with contextlib.suppress(psycopg.Error):
+                    transaction.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            if conn.info.transaction_status != TransactionStatus.INTRANS:
+                with contextlib.suppress(psycopg.Error):
+                    transaction.__exit__(None, None, None)
+                raise StepstoneError(
+                    "the transactional step ended or broke its transaction itself (it ran "
+                    "COMMIT or ROLLBACK, or a statement failed and the error was caught); "
+                    "stepstone commits the step's writes with its checkpoint when the "
+                    "function returns"
+                )
+            try:
+                transaction.__exit__(None, None, None)
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"the transaction of a transactional step did not commit: {exc}"
+                ) from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            conn.row_factory = dict_row
+            if error is None:
+                lease.__exit__(None, None, None)
+            else:
+                with contextlib.suppress(Exception):
+                    lease.__exit__(type(error), error, error.__traceback__)
+
+    # bulk and caller-transaction enqueues -------------------------------------------------
+    def job_insert_many(self, jobs: Sequence[NewJob], *, now: float) -> list[InsertResult]:
+        if not jobs:
+            return []
+
+        def insert(conn: psycopg.Connection[Row], retried: bool) -> list[InsertResult]:
+            with conn.transaction():
+                landed: set[str] = set()
+                if retried:  # an earlier try may have committed before its connection broke
+                    landed = {
+                        row["id"]
+                        for row in conn.execute(
+                            f"SELECT id FROM {self._quoted}.jobs WHERE id = ANY(%s)",
+                            ([job.id for job in jobs],),
+                        )
+                    }
+                fresh = [job for job in jobs if job.id not in landed]
+                params = {
+                    "ids": [job.id for job in fresh],
+                    "names": [job.name for job in fresh],
+                    "queues": [job.queue for job in fresh],
+                    "keys": [job.key for job in fresh],
+                    "args": [job.args for job in fresh],
+                    "priorities": [job.priority for job in fresh],
+                    "run_ats": [job.run_at for job in fresh],
+                    "now": now,
+                }
+                inserted = landed | {
+                    row["id"] for row in conn.execute(self.Q["job_insert_many"], params)
+                }
+                taken = [job.key for job in jobs if job.id not in inserted and job.key]
+                existing = (
+                    {
+                        row["key"]: rows.job_record(row)
+                        for row in conn.execute(self.Q["job_get_by_keys"], {"keys": taken})
+                    }
+                    if taken
+                    else {}
+                )
+            results = []
+            for job in jobs:
+                if job.id in inserted:
+                    params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+                    results.append(InsertResult(rows.inserted_record(params), created=True))
+                elif job.key in existing:
+                    results.append(InsertResult(existing[job.key], created=False))
+                else:  # the job holding the key was pruned meanwhile
+                    raise psycopg.OperationalError("a key's job vanished during the insert")
+            return results
+
+        return self._run(insert)
+
+    def job_insert_on(self, connection: Any, job: NewJob, *, now: float) -> InsertResult:
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(
+                "enqueue(connection=...) on a PostgreSQL app takes a psycopg (3) Connection "
+                f"to the same database, not {type(connection).__name__}"
+                + (" (call it from sync code)" if "Async" in type(connection).__name__ else "")
+            )
+        params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+        try:
+            with connection.cursor(row_factory=dict_row) as cursor:
+                table = cursor.execute(
+                    "SELECT to_regclass(%s) AS oid", (f"{self._quoted}.jobs",)
+                ).fetchone()
+                if table is None or table["oid"] is None:
+                    raise StoreError(
+                        f"enqueue(connection=...): this connection does not see stepstone's "
+                        f"tables (schema {self.schema!r}); connect it to the database of the "
+                        f"app ({self.url}) so that the job and your writes share a transaction"
+                    )
+                if cursor.execute(self.Q["job_insert"], params).rowcount == 1:
+                    return InsertResult(rows.inserted_record(params), created=True)
+                row = cursor.execute(self.Q["job_get_by_key"], {"key": job.key}).fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"enqueue on the caller's connection failed: {exc}") from exc
+        if row is None:  # pragma: no cover - the key's job was pruned meanwhile
+            raise StoreError(f"the job holding key {job.key!r} vanished; enqueue again")
+        return InsertResult(rows.job_record(row), created=False)
+
+    # memo keys --------------------------------------------------------------------------
+    def memo_acquire(
+        self, key: str, job_id: str, fence: int, *, step: str, now: float
+    ) -> MemoClaim:
+        params = {"key": key, "step": step, "job_id": job_id, "fence": fence, "now": now}
+
+        def acquire(conn: psycopg.Connection[Row], retried: bool) -> MemoClaim:
+            row = conn.execute(self.Q["memo_get"], params).fetchone()
+            if row is not None:
+                decision = rows.memo_decision(rows.memo_record(row), job_id, fence, now)
+                if decision.outcome == "hit":
+                    return decision
+            while True:
+                with conn.transaction():
+                    if conn.execute(self.Q["memo_insert_claim"], params).rowcount == 1:
+                        return MemoClaim("acquired")
+                    row = conn.execute(self.Q["memo_get_for_update"], params).fetchone()
+                    if row is None:
+                        continue  # forgotten meanwhile: claim it afresh
+                    record = rows.memo_record(row)
+                    if retried and record.owner_job == job_id and record.owner_fence == fence:
+                        return MemoClaim("acquired")  # our earlier try claimed it
+                    decision = rows.memo_decision(record, job_id, fence, now)
+                    if decision.outcome == "acquired":
+                        conn.execute(self.Q["memo_claim"], params)
+                    return decision
+
+        return self._run(acquire)
+
+    def memo_complete(
+        self,
+        key: str,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        step: str,
+        value: str,
+        attempts: int,
+        expires_at: float | None,
+        now: float,
+    ) -> str:
+        memo = {
+            "key": key,
+            "step": step,
+            "value": value,
+            "job_id": job_id,
+            "fence": fence,
+            "expires_at": expires_at,
+            "now": now,
+        }
+
+        def complete(conn: psycopg.Connection[Row], retried: bool) -> str:
+            with conn.transaction():
+                stored = value
+                if conn.execute(self.Q["memo_store"], memo).rowcount != 1:
+                    found = conn.execute(self.Q["memo_value"], {"key": key}).fetchone()
+                    if found is not None:
+                        stored = found["value"]
+                params = rows.checkpoint_params(
+                    job_id,
+                    fence,
+                    seq=seq,
+                    name=name,
+                    status="ok",
+                    value=stored,
+                    attempts=attempts,
+                    now=now,
+                    memo=key,
+                )
+                params["synchronous_commit"] = "on" if self.durability == "full" else "off"
+                return self._insert_checkpoint(conn, params, retried=retried)
+
+        return self._run(complete)
+
+    def memo_release(self, key: str, job_id: str, fence: int) -> None:
+        params = {"key": key, "job_id": job_id, "fence": fence}
+        self._run(lambda conn, _r: conn.execute(self.Q["memo_release"], params))
+
+    def memo_get(self, key: str, *, now: float) -> MemoRecord | None:
+        found = self._fetch("memo_get", {"key": key, "now": now})
+        return rows.memo_record(found[0]) if found else None
+
+    def memo_list(self, prefix: str = "", *, limit: int = 100) -> list[MemoRecord]:
+        found = self._fetch("memo_list", {"prefix": prefix, "limit": limit})
+        return [rows.memo_record(row) for row in found]
+
+    def memo_forget(self, key: str, *, prefix: bool = False) -> int:
+        name, params = (
+            ("memo_forget_prefix", {"prefix": key}) if prefix else ("memo_forget", {"key": key})
+        )
+        return int(self._run(lambda conn, _r: conn.execute(self.Q[name], params).rowcount))
+
+    def memo_prune(self, *, now: float) -> int:
+        params = {"now": now}
+        return int(self._run(lambda conn, _r: conn.execute(self.Q["memo_prune"], params).rowcount))
+
     def error_insert(
         self,
         job_id: str,
@@ -630,6 +887,39 @@ class PostgresStore(Store):
 
     def error_list(self, job_id: str) -> list[ErrorRecord]:
         return [rows.error_record(row) for row in self._fetch("error_list", {"job_id": job_id})]
+
+
+class _PostgresStepTransaction(StepTransaction):
+    def __init__(
+        self,
+        store: PostgresStore,
+        conn: psycopg.Connection[Any],
+        job_id: str | None,
+        fence: int | None,
+    ) -> None:
+        self.store = store
+        self.connection = conn
+        self.job_id = job_id
+        self.fence = fence
+
+    def checkpoint(self, *, seq: int, name: str, value: str, attempts: int, now: float) -> None:
+        if self.job_id is None or self.fence is None:
+            return
+        params = rows.checkpoint_params(
+            self.job_id,
+            self.fence,
+            seq=seq,
+            name=name,
+            status="ok",
+            value=value,
+            attempts=attempts,
+            now=now,
+        )
+        params["synchronous_commit"] = "on"  # the user's own data commits with it
+        try:
+            self.store._insert_checkpoint(self.connection, params)
+        except psycopg.Error as exc:
+            raise StoreError(f"the checkpoint of step {name} could not be written: {exc}") from exc
 
 
 __all__ = ["PostgresStore", "quote_identifier", "split_url"]

@@ -8,7 +8,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import JobCancelled, LeaseLost, StepstoneError
-from .base import Checkpoint, ClaimedJob, ErrorRecord, JobRecord, JobState, NewJob
+from .base import (
+    Checkpoint,
+    ClaimedJob,
+    ErrorRecord,
+    JobRecord,
+    JobState,
+    MemoClaim,
+    MemoRecord,
+    NewJob,
+)
 
 #: A row by column name: ``sqlite3.Row`` or psycopg's ``dict_row``.
 Row = Mapping[str, Any] | sqlite3.Row
@@ -65,7 +74,39 @@ def checkpoint(row: Row) -> Checkpoint:
         value=row["value"],
         attempts=row["attempts"],
         created_at=row["created_at"],
+        memo=row["memo"],
     )
+
+
+def memo_record(row: Row) -> MemoRecord:
+    return MemoRecord(
+        key=row["key"],
+        state=row["state"],
+        step=row["step"],
+        value=row["value"],
+        owner_job=row["owner_job"],
+        owner_fence=row["owner_fence"],
+        expires_at=row["expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        owner_alive=bool(row["owner_alive"]),
+    )
+
+
+def memo_decision(found: MemoRecord | None, job_id: str, fence: int, now: float) -> MemoClaim:
+    """What ``memo_acquire`` does with the row it read (under the row's write lock):
+    ``hit`` and ``busy`` are final; ``acquired`` means the caller now claims the key."""
+    if found is None:
+        return MemoClaim("acquired")
+    expired = found.expires_at is not None and found.expires_at <= now
+    if found.state == "done" and not expired:
+        return MemoClaim("hit", value=found.value)
+    if found.state == "computing" and (
+        found.owner_alive or (found.owner_job == job_id and found.owner_fence == fence)
+    ):
+        return MemoClaim("busy", other_job=found.owner_job)
+    taken_over = found.owner_job if found.state == "computing" else None
+    return MemoClaim("acquired", other_job=taken_over)
 
 
 def error_record(row: Row) -> ErrorRecord:
@@ -136,9 +177,11 @@ def checkpoint_params(
     value: str,
     attempts: int,
     now: float,
+    memo: str | None = None,
 ) -> dict[str, Any]:
     """The parameters of ``checkpoint_insert``."""
     return {
+        "memo": memo,
         "job_id": job_id,
         "fence": fence,
         "seq": seq,
@@ -203,5 +246,7 @@ __all__ = [
     "insert_params",
     "inserted_record",
     "job_record",
+    "memo_decision",
+    "memo_record",
     "refusal",
 ]

@@ -28,8 +28,11 @@ from .base import (
     IdleStatus,
     InsertResult,
     JobRecord,
+    MemoClaim,
+    MemoRecord,
     NewJob,
     Rescue,
+    StepTransaction,
     Store,
     poison_error,
 )
@@ -37,6 +40,55 @@ from .queries import load_migrations, load_queries
 
 Q = load_queries("sqlite")
 _LOCKED_RETRY_SECONDS = 30.0
+
+
+class StepConnection(sqlite3.Connection):
+    """The connection type of the store: while a transactional step runs on it, its
+    transaction belongs to stepstone, so ``commit()`` and ``rollback()`` are refused."""
+
+    in_step = False
+
+    def commit(self) -> None:
+        if self.in_step:
+            raise StepstoneError(_OWN_TRANSACTION)
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.in_step:
+            raise StepstoneError(_OWN_TRANSACTION)
+        super().rollback()
+
+
+_OWN_TRANSACTION = (
+    "a transactional step must not commit or roll back its connection: stepstone commits "
+    "the step's writes together with its checkpoint when the function returns, and rolls "
+    "them back if it raises"
+)
+
+
+class _SQLiteStepTransaction(StepTransaction):
+    def __init__(
+        self, store: SQLiteStore, conn: StepConnection, job_id: str | None, fence: int | None
+    ) -> None:
+        self.store = store
+        self.connection = conn
+        self.job_id = job_id
+        self.fence = fence
+
+    def checkpoint(self, *, seq: int, name: str, value: str, attempts: int, now: float) -> None:
+        if self.job_id is None or self.fence is None:
+            return
+        params = rows.checkpoint_params(
+            self.job_id,
+            self.fence,
+            seq=seq,
+            name=name,
+            status="ok",
+            value=value,
+            attempts=attempts,
+            now=now,
+        )
+        self.store._insert_checkpoint(self.connection, params)
 
 
 class SQLiteStore(Store):
@@ -63,12 +115,12 @@ class SQLiteStore(Store):
         self._closed = False
         if not self.memory:
             self._check_writable()
-        self._write = self._connect()
+        self._write: StepConnection = self._connect()
         if migrate:
             self.migrate()
 
     # connections ------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> StepConnection:
         with self._translate():
             conn = sqlite3.connect(
                 self.path,
@@ -76,6 +128,7 @@ class SQLiteStore(Store):
                 isolation_level=None,
                 check_same_thread=False,
                 cached_statements=256,
+                factory=StepConnection,
             )
             conn.row_factory = sqlite3.Row
             if not self.memory:
@@ -86,6 +139,7 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             # Checks that the file really is a database now, not on first use.
             conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            assert isinstance(conn, StepConnection)
             return conn
 
     def _check_writable(self) -> None:
@@ -344,7 +398,14 @@ class SQLiteStore(Store):
         return Rescue(requeued=requeued, poisoned=poisoned)
 
     def _refuse(self, conn: sqlite3.Connection, job_id: str, fence: int) -> StepstoneError:
-        return rows.refusal(job_id, fence, conn.execute(Q["job_owner"], {"id": job_id}).fetchone())
+        cursor = conn.cursor()
+        cursor.row_factory = sqlite3.Row  # the step connection returns plain tuples
+        try:
+            return rows.refusal(
+                job_id, fence, cursor.execute(Q["job_owner"], {"id": job_id}).fetchone()
+            )
+        finally:
+            cursor.close()
 
     def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
         params = {"id": job_id, "fence": fence, "result": result, "now": now}
@@ -428,6 +489,7 @@ class SQLiteStore(Store):
         value: str,
         attempts: int,
         now: float,
+        memo: str | None = None,
     ) -> None:
         params = rows.checkpoint_params(
             job_id,
@@ -438,9 +500,14 @@ class SQLiteStore(Store):
             value=value,
             attempts=attempts,
             now=now,
+            memo=memo,
         )
         with self._lock, self._translate():
-            conn = self._write
+            self._insert_checkpoint(self._write, params)
+
+    def _insert_checkpoint(self, conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+        job_id, fence, seq, name = params["job_id"], params["fence"], params["seq"], params["name"]
+        with self._translate():
             try:
                 inserted = conn.execute(Q["checkpoint_insert"], params).rowcount
             except sqlite3.IntegrityError as exc:
@@ -451,6 +518,183 @@ class SQLiteStore(Store):
                 raise rows.duplicate_checkpoint(job_id, fence, seq, name) from exc
             if inserted != 1:
                 raise self._refuse(conn, job_id, fence)
+
+    @contextmanager
+    def step_transaction(self, job_id: str | None, fence: int | None) -> Iterator[StepTransaction]:
+        if self.memory:  # one connection holds the whole database
+            with self._lock:
+                yield from self._step_transaction(self._write, job_id, fence)
+            return
+        conn: StepConnection | None = getattr(self._local, "step_conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.row_factory = None
+            with self._translate():
+                conn.execute("PRAGMA synchronous=FULL")  # the user's own data: durable
+            self._local.step_conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        yield from self._step_transaction(conn, job_id, fence)
+
+    def _step_transaction(
+        self, conn: StepConnection, job_id: str | None, fence: int | None
+    ) -> Iterator[StepTransaction]:
+        factory = conn.row_factory
+        with self._translate():
+            conn.execute("BEGIN IMMEDIATE")
+        conn.row_factory = None
+        conn.in_step = True
+        try:
+            yield _SQLiteStepTransaction(self, conn, job_id, fence)
+        except BaseException:
+            conn.in_step = False
+            conn.row_factory = factory
+            if conn.in_transaction:
+                with self._translate():
+                    conn.execute("ROLLBACK")
+            raise
+        conn.in_step = False
+        conn.row_factory = factory
+        if not conn.in_transaction:
+            raise StepstoneError(
+                "the transactional step ended its transaction itself (it ran COMMIT or "
+                f"ROLLBACK); its writes are not tied to its checkpoint. {_OWN_TRANSACTION}"
+            )
+        with self._translate():
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # bulk and caller-transaction enqueues -------------------------------------------------
+    def job_insert_many(self, jobs: Sequence[NewJob], *, now: float) -> list[InsertResult]:
+        results: list[InsertResult] = []
+        with self._writing(durable=True) as conn:
+            for job in jobs:
+                params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+                if conn.execute(Q["job_insert"], params).rowcount == 1:
+                    results.append(InsertResult(rows.inserted_record(params), created=True))
+                    continue
+                row = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
+                if row is None:  # pragma: no cover - the conflict was on the id, a uuid
+                    raise StoreError(f"job id {job.id} is already taken")
+                results.append(InsertResult(rows.job_record(row), created=False))
+        return results
+
+    def job_insert_on(self, connection: Any, job: NewJob, *, now: float) -> InsertResult:
+        if not isinstance(connection, sqlite3.Connection):
+            raise TypeError(
+                f"enqueue(connection=...) on a SQLite app takes a sqlite3.Connection to "
+                f"{self.path!r}, not {type(connection).__name__}"
+            )
+        if self.memory:
+            raise StoreError(
+                "enqueue(connection=...) cannot be used with sqlite:///:memory:: another "
+                "connection cannot see that database; use a database file"
+            )
+        with self._translate():
+            listed = connection.execute("PRAGMA database_list").fetchall()
+        main = next((row[2] for row in listed if row[1] == "main"), "")
+        if not main or os.path.realpath(main) != os.path.realpath(self.path):
+            raise StoreError(
+                f"enqueue(connection=...) got a connection to {main or 'an in-memory database'!r}"
+                f", but this app's jobs live in {os.path.realpath(self.path)!r}: the job and "
+                "your writes can share a transaction only in the same database file"
+            )
+        params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+        cursor = connection.cursor()
+        cursor.row_factory = sqlite3.Row
+        with self._translate():
+            try:
+                if cursor.execute(Q["job_insert"], params).rowcount == 1:
+                    return InsertResult(rows.inserted_record(params), created=True)
+                row = cursor.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
+            finally:
+                cursor.close()
+        if row is None:  # pragma: no cover - the conflict was on the id, a uuid
+            raise StoreError(f"job id {job.id} is already taken")
+        return InsertResult(rows.job_record(row), created=False)
+
+    # memo keys --------------------------------------------------------------------------
+    def memo_acquire(
+        self, key: str, job_id: str, fence: int, *, step: str, now: float
+    ) -> MemoClaim:
+        found = self.memo_get(key, now=now)  # a hit needs no write lock
+        if found is not None and rows.memo_decision(found, job_id, fence, now).outcome == "hit":
+            return MemoClaim("hit", value=found.value)
+        with self._writing(durable=False) as conn:
+            row = conn.execute(Q["memo_get"], {"key": key, "now": now}).fetchone()
+            decision = rows.memo_decision(
+                rows.memo_record(row) if row else None, job_id, fence, now
+            )
+            if decision.outcome == "acquired":
+                params = {"key": key, "step": step, "job_id": job_id, "fence": fence, "now": now}
+                conn.execute(Q["memo_claim"], params)
+        return decision
+
+    def memo_complete(
+        self,
+        key: str,
+        job_id: str,
+        fence: int,
+        *,
+        seq: int,
+        name: str,
+        step: str,
+        value: str,
+        attempts: int,
+        expires_at: float | None,
+        now: float,
+    ) -> str:
+        memo = {
+            "key": key,
+            "step": step,
+            "value": value,
+            "job_id": job_id,
+            "fence": fence,
+            "expires_at": expires_at,
+            "now": now,
+        }
+        with self._writing(durable=False) as conn:
+            if conn.execute(Q["memo_store"], memo).rowcount != 1:
+                value = conn.execute(Q["memo_value"], {"key": key}).fetchone()["value"]
+            params = rows.checkpoint_params(
+                job_id,
+                fence,
+                seq=seq,
+                name=name,
+                status="ok",
+                value=value,
+                attempts=attempts,
+                now=now,
+                memo=key,
+            )
+            self._insert_checkpoint(conn, params)
+        return value
+
+    def memo_release(self, key: str, job_id: str, fence: int) -> None:
+        with self._writing(durable=False) as conn:
+            conn.execute(Q["memo_release"], {"key": key, "job_id": job_id, "fence": fence})
+
+    def memo_get(self, key: str, *, now: float) -> MemoRecord | None:
+        found = self._read(Q["memo_get"], {"key": key, "now": now})
+        return rows.memo_record(found[0]) if found else None
+
+    def memo_list(self, prefix: str = "", *, limit: int = 100) -> list[MemoRecord]:
+        found = self._read(Q["memo_list"], {"prefix": prefix, "limit": limit})
+        return [rows.memo_record(row) for row in found]
+
+    def memo_forget(self, key: str, *, prefix: bool = False) -> int:
+        with self._writing(durable=True) as conn:
+            if prefix:
+                return int(conn.execute(Q["memo_forget_prefix"], {"prefix": key}).rowcount)
+            return int(conn.execute(Q["memo_forget"], {"key": key}).rowcount)
+
+    def memo_prune(self, *, now: float) -> int:
+        with self._writing(durable=False) as conn:
+            return int(conn.execute(Q["memo_prune"], {"now": now}).rowcount)
 
     def error_insert(
         self,

@@ -153,7 +153,7 @@ DELETE FROM {schema}.jobs WHERE id IN (SELECT id FROM doomed);
 
 -- name: checkpoint_list
 SELECT seq, name, status, value::text AS value, attempts,
-       extract(epoch FROM created_at)::float8 AS created_at
+       extract(epoch FROM created_at)::float8 AS created_at, memo
 FROM {schema}.checkpoints WHERE job_id = %(job_id)s ORDER BY seq;
 
 -- name: checkpoint_insert
@@ -166,9 +166,10 @@ WITH owner AS (
     FOR SHARE),
 commit_mode AS (
     SELECT set_config('synchronous_commit', %(synchronous_commit)s, true) AS setting)
-INSERT INTO {schema}.checkpoints (job_id, seq, name, status, value, attempts, fence, created_at)
+INSERT INTO {schema}.checkpoints
+    (job_id, seq, name, status, value, attempts, fence, created_at, memo)
 SELECT owner.id, %(seq)s, %(name)s, %(status)s, %(value)s, %(attempts)s, %(fence)s,
-       to_timestamp(%(now)s)
+       to_timestamp(%(now)s), %(memo)s
 FROM owner, commit_mode;
 
 -- name: checkpoint_get
@@ -197,3 +198,92 @@ VALUES (%(job_id)s, %(attempt)s, NULL, NULL, %(fence)s, %(error)s, to_timestamp(
 SELECT attempt, seq, step, error::text AS error,
        extract(epoch FROM created_at)::float8 AS created_at
 FROM {schema}.errors WHERE job_id = %(job_id)s ORDER BY id;
+
+-- name: memo_get
+SELECT m.key, m.state, m.step, m.value::text AS value, m.owner_job, m.owner_fence,
+       extract(epoch FROM m.expires_at)::float8 AS expires_at,
+       extract(epoch FROM m.created_at)::float8 AS created_at,
+       extract(epoch FROM m.updated_at)::float8 AS updated_at,
+       coalesce(j.state = 'running' AND j.fence = m.owner_fence
+                AND j.lease_expires_at >= to_timestamp(%(now)s), false) AS owner_alive
+FROM {schema}.memos m LEFT JOIN {schema}.jobs j ON j.id = m.owner_job
+WHERE m.key = %(key)s;
+
+-- name: memo_get_for_update
+SELECT m.key, m.state, m.step, m.value::text AS value, m.owner_job, m.owner_fence,
+       extract(epoch FROM m.expires_at)::float8 AS expires_at,
+       extract(epoch FROM m.created_at)::float8 AS created_at,
+       extract(epoch FROM m.updated_at)::float8 AS updated_at,
+       coalesce(j.state = 'running' AND j.fence = m.owner_fence
+                AND j.lease_expires_at >= to_timestamp(%(now)s), false) AS owner_alive
+FROM {schema}.memos m LEFT JOIN {schema}.jobs j ON j.id = m.owner_job
+WHERE m.key = %(key)s
+FOR UPDATE OF m;
+
+-- name: memo_insert_claim
+INSERT INTO {schema}.memos
+    (key, state, step, value, owner_job, owner_fence, expires_at, created_at, updated_at)
+VALUES (%(key)s, 'computing', %(step)s, NULL, %(job_id)s, %(fence)s, NULL,
+        to_timestamp(%(now)s), to_timestamp(%(now)s))
+ON CONFLICT (key) DO NOTHING;
+
+-- name: memo_claim
+UPDATE {schema}.memos
+SET state = 'computing', step = %(step)s, value = NULL, owner_job = %(job_id)s,
+    owner_fence = %(fence)s, expires_at = NULL, updated_at = to_timestamp(%(now)s)
+WHERE key = %(key)s;
+
+-- name: memo_store
+INSERT INTO {schema}.memos
+    (key, state, step, value, owner_job, owner_fence, expires_at, created_at, updated_at)
+VALUES (%(key)s, 'done', %(step)s, %(value)s, %(job_id)s, %(fence)s,
+        to_timestamp(%(expires_at)s), to_timestamp(%(now)s), to_timestamp(%(now)s))
+ON CONFLICT (key) DO UPDATE
+SET state = 'done', step = excluded.step, value = excluded.value,
+    owner_job = excluded.owner_job, owner_fence = excluded.owner_fence,
+    expires_at = excluded.expires_at, updated_at = excluded.updated_at
+WHERE memos.state = 'computing' OR memos.expires_at <= to_timestamp(%(now)s);
+
+-- name: memo_value
+SELECT value::text AS value FROM {schema}.memos WHERE key = %(key)s AND state = 'done';
+
+-- name: memo_release
+DELETE FROM {schema}.memos
+WHERE key = %(key)s AND state = 'computing' AND owner_job = %(job_id)s
+  AND owner_fence = %(fence)s;
+
+-- name: memo_forget
+DELETE FROM {schema}.memos WHERE key = %(key)s;
+
+-- name: memo_forget_prefix
+DELETE FROM {schema}.memos WHERE starts_with(key, %(prefix)s);
+
+-- name: memo_list
+SELECT m.key, m.state, m.step, m.value::text AS value, m.owner_job, m.owner_fence,
+       extract(epoch FROM m.expires_at)::float8 AS expires_at,
+       extract(epoch FROM m.created_at)::float8 AS created_at,
+       extract(epoch FROM m.updated_at)::float8 AS updated_at,
+       false AS owner_alive
+FROM {schema}.memos m
+WHERE starts_with(m.key, %(prefix)s)
+ORDER BY m.key
+LIMIT %(limit)s;
+
+-- name: memo_prune
+DELETE FROM {schema}.memos
+WHERE expires_at <= to_timestamp(%(now)s) AND state = 'done';
+
+-- name: job_insert_many
+INSERT INTO {schema}.jobs
+    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
+     created_at, updated_at)
+SELECT id, name, queue, key, args::json, 'queued', priority, to_timestamp(run_at), 0, 0,
+       to_timestamp(%(now)s), to_timestamp(%(now)s)
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(keys)s::text[],
+            %(args)s::text[], %(priorities)s::int[], %(run_ats)s::float8[])
+     AS new (id, name, queue, key, args, priority, run_at)
+ON CONFLICT (key) DO NOTHING
+RETURNING id;
+
+-- name: job_get_by_keys
+SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[]);

@@ -136,12 +136,13 @@ LIMIT :limit;
 DELETE FROM stepstone_jobs WHERE id = :id;
 
 -- name: checkpoint_list
-SELECT seq, name, status, value, attempts, created_at
+SELECT seq, name, status, value, attempts, created_at, memo
 FROM stepstone_checkpoints WHERE job_id = :job_id ORDER BY seq;
 
 -- name: checkpoint_insert
-INSERT INTO stepstone_checkpoints (job_id, seq, name, status, value, attempts, fence, created_at)
-SELECT :job_id, :seq, :name, :status, :value, :attempts, :fence, :now
+INSERT INTO stepstone_checkpoints
+    (job_id, seq, name, status, value, attempts, fence, created_at, memo)
+SELECT :job_id, :seq, :name, :status, :value, :attempts, :fence, :now, :memo
 WHERE EXISTS (
     SELECT 1 FROM stepstone_jobs WHERE id = :job_id AND fence = :fence AND state = 'running');
 
@@ -169,3 +170,53 @@ FROM stepstone_errors WHERE job_id = :job_id ORDER BY id;
 
 -- name: error_delete_job
 DELETE FROM stepstone_errors WHERE job_id = :job_id;
+
+-- name: memo_get
+SELECT m.key, m.state, m.step, m.value, m.owner_job, m.owner_fence, m.expires_at,
+       m.created_at, m.updated_at,
+       coalesce(j.state = 'running' AND j.fence = m.owner_fence
+                AND j.lease_expires_at >= :now, 0) AS owner_alive
+FROM stepstone_memos m LEFT JOIN stepstone_jobs j ON j.id = m.owner_job
+WHERE m.key = :key;
+
+-- name: memo_claim
+INSERT INTO stepstone_memos
+    (key, state, step, value, owner_job, owner_fence, expires_at, created_at, updated_at)
+VALUES (:key, 'computing', :step, NULL, :job_id, :fence, NULL, :now, :now)
+ON CONFLICT (key) DO UPDATE
+SET state = 'computing', step = excluded.step, value = NULL, owner_job = excluded.owner_job,
+    owner_fence = excluded.owner_fence, expires_at = NULL, updated_at = excluded.updated_at;
+
+-- name: memo_store
+INSERT INTO stepstone_memos
+    (key, state, step, value, owner_job, owner_fence, expires_at, created_at, updated_at)
+VALUES (:key, 'done', :step, :value, :job_id, :fence, :expires_at, :now, :now)
+ON CONFLICT (key) DO UPDATE
+SET state = 'done', step = excluded.step, value = excluded.value,
+    owner_job = excluded.owner_job, owner_fence = excluded.owner_fence,
+    expires_at = excluded.expires_at, updated_at = excluded.updated_at
+WHERE stepstone_memos.state = 'computing' OR stepstone_memos.expires_at <= :now;
+
+-- name: memo_value
+SELECT value FROM stepstone_memos WHERE key = :key AND state = 'done';
+
+-- name: memo_release
+DELETE FROM stepstone_memos
+WHERE key = :key AND state = 'computing' AND owner_job = :job_id AND owner_fence = :fence;
+
+-- name: memo_forget
+DELETE FROM stepstone_memos WHERE key = :key;
+
+-- name: memo_forget_prefix
+DELETE FROM stepstone_memos WHERE substr(key, 1, length(:prefix)) = :prefix;
+
+-- name: memo_list
+SELECT m.key, m.state, m.step, m.value, m.owner_job, m.owner_fence, m.expires_at,
+       m.created_at, m.updated_at, 0 AS owner_alive
+FROM stepstone_memos m
+WHERE substr(m.key, 1, length(:prefix)) = :prefix
+ORDER BY m.key
+LIMIT :limit;
+
+-- name: memo_prune
+DELETE FROM stepstone_memos WHERE expires_at <= :now AND state = 'done';
