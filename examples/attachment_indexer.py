@@ -1,15 +1,20 @@
 """The seed's attachment indexer, written with stepstone.
 
-Each step's result is checkpointed, so when the job is retried (the OCR service was down),
-resumed on another worker (this one was killed), or enqueued again by a backfill, the
-steps that already finished are not run again. The search index step passes an
-idempotency key that is stable across retries, so the index deduplicates the one case a
-checkpoint cannot cover: a worker that died after the service answered, before the
-checkpoint was written.
+Each step's result is checkpointed, so when the job is retried (the OCR service was down)
+or resumed on another worker (this one was killed), the steps that already finished are
+not run again. The OCR text and the index status are also stored under memo keys of the
+attachment (the seed's ``attachment.ocrData`` and ``attachment.searchIndexStatus``), so a
+backfill that enqueues new jobs for attachments already processed runs neither OCR nor
+the indexing again. The search index step passes an idempotency key (derived from its
+memo key, so the same for every job and every retry), so the index deduplicates the one
+case a checkpoint cannot cover: a worker that died after the service answered, before the
+checkpoint was written. ``docs/idempotency.md`` walks through it.
 
 From the repository root:
     python -m examples.attachment_indexer               # enqueue 3 jobs and run them here
     stepstone worker examples.attachment_indexer:app    # a worker for $STEPSTONE_DATABASE_URL
+    stepstone backfill examples.attachment_indexer:add_attachment_to_search_index \
+        --from attachments.csv --key "index:{attachment_id}"   # columns channel_id,attachment_id
     stepstone demo                                      # 30 jobs, two workers, one killed
 """
 
@@ -34,14 +39,16 @@ def find_customer(channel_id: str) -> dict[str, Any]:
     return services.find_customer(channel_id)
 
 
-@app.step(retry=FLAKY_SERVICE)
+# The memo key stores the text for the attachment, for every job: the seed's ocrData.
+@app.step(key="ocr:{attachment_id}", retry=FLAKY_SERVICE)
 def run_ocr(attachment_id: str) -> str:
     return services.run_ocr(attachment_id)
 
 
-@app.step(retry=FLAKY_SERVICE)
+# The memo key records that the attachment is in the channel's index: searchIndexStatus.
+@app.step(key="index:{channel_id}:{attachment_id}", retry=FLAKY_SERVICE)
 def update_search_index(channel_id: str, attachment_id: str, text: str) -> str:
-    key = stepstone.current().idempotency_key  # the same on every retry of this step
+    key = stepstone.current().idempotency_key  # the same on every retry, in every job
     return services.update_search_index(channel_id, attachment_id, text, idempotency_key=key)
 
 

@@ -89,8 +89,8 @@ import logging, os, sys
 logging.basicConfig(
     level=logging.INFO, stream=sys.stderr, format="%(levelname)s:%(name)s:%(message)s"
 )
-import workerapp
-app = workerapp.build_app(
+import importlib
+app = importlib.import_module(os.environ.get("STEPSTONE_TEST_MODULE", "workerapp")).build_app(
     os.environ["STEPSTONE_DATABASE_URL"],
     lease=float(os.environ["STEPSTONE_TEST_LEASE"]),
     grace=float(os.environ["STEPSTONE_TEST_GRACE"]),
@@ -127,9 +127,10 @@ class WorkerProcess:
 def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker subprocesses on this test's database (killed at teardown if still alive).
 
-    ``spawn_worker(role=, lease=1.0, grace=30.0, concurrency=2, until_idle=False)``; the
-    role is passed as ``STEPSTONE_TEST_ROLE`` so workerapp's steps know they run in the
-    subprocess.
+    ``spawn_worker(role=, lease=1.0, grace=30.0, concurrency=2, until_idle=False,
+    module="workerapp", env_extra=None)``: the worker runs ``<module>.build_app(url, lease=,
+    grace=)`` from ``tests/integration``; the role is passed as ``STEPSTONE_TEST_ROLE`` so
+    the module's steps know they run in the subprocess.
     """
     started: list[WorkerProcess] = []
 
@@ -140,6 +141,8 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerPr
         grace: float = 30.0,
         concurrency: int = 2,
         until_idle: bool = False,
+        module: str = "workerapp",
+        env_extra: dict[str, str] | None = None,
     ) -> WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -152,6 +155,8 @@ def spawn_worker(db_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerPr
             STEPSTONE_TEST_GRACE=str(grace),
             STEPSTONE_TEST_CONCURRENCY=str(concurrency),
             STEPSTONE_TEST_UNTIL_IDLE="1" if until_idle else "0",
+            STEPSTONE_TEST_MODULE=module,
+            **(env_extra or {}),
         )
         stderr_path = tmp_path / f"worker-{len(started)}.stderr"
         with stderr_path.open("wb") as stderr:

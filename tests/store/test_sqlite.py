@@ -224,8 +224,8 @@ def test_processes_opening_a_fresh_file_at_once_all_succeed(tmp_path: Path) -> N
         conn = sqlite3.connect(url[len("sqlite:///") :])
         try:
             assert conn.execute("SELECT count(*) FROM stepstone_migrations").fetchone()[0] == len(
-                    load_migrations("sqlite")
-                )
+                load_migrations("sqlite")
+            )
         finally:
             conn.close()
 
