@@ -40,6 +40,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/postgres.py
+	$(BIN)/python bench/backfill.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
