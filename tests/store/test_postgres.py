@@ -572,7 +572,14 @@ def test_the_store_keeps_to_its_schema_beside_user_tables_of_the_same_names(
     finally:
         app.close()
     counts = _store_tables(scratch_database, schema)
-    assert counts == {"migrations": 1, "jobs": 1, "checkpoints": 2, "errors": 0, "job_records": 1}
+    assert counts == {
+        "migrations": 2,
+        "jobs": 1,
+        "checkpoints": 2,
+        "errors": 0,
+        "memos": 0,
+        "job_records": 1,
+    }
     assert _user_tables(scratch_database) == before
 
 

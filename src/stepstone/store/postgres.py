@@ -92,6 +92,30 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+class StepConnection(psycopg.Connection[Any]):
+    """The pool's connection type: while a transactional step runs on it, its transaction
+    belongs to stepstone, so ``commit()`` and ``rollback()`` are refused."""
+
+    in_step = False
+
+    def commit(self) -> None:
+        if self.in_step:
+            raise StepstoneError(_OWN_TRANSACTION)
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.in_step:
+            raise StepstoneError(_OWN_TRANSACTION)
+        super().rollback()
+
+
+_OWN_TRANSACTION = (
+    "a transactional step must not commit or roll back its connection: stepstone commits "
+    "the step's writes together with its checkpoint when the function returns, and rolls "
+    "them back if it raises"
+)
+
+
 def _filters(names: Sequence[str], queues: Sequence[str] | None) -> dict[str, Any]:
     return {
         "names": list(names),
@@ -152,7 +176,7 @@ class PostgresStore(Store):
             own = f"-c idle_in_transaction_session_timeout={timeout_ms}"
             self._connect_kwargs["options"] = f"{given} {own}".strip()
         self._check_connection()
-        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+        self._pool: ConnectionPool[StepConnection] = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=max(pool_size, 2),
@@ -160,6 +184,7 @@ class PostgresStore(Store):
             name=f"stepstone:{self.schema}",
             timeout=connect_timeout,
             open=False,
+            connection_class=StepConnection,
         )
         self._pool.open(wait=False)
         if migrate:
@@ -659,12 +684,15 @@ class PostgresStore(Store):
                 transaction.__enter__()
             except psycopg.Error as exc:
                 raise StoreError(f"cannot begin a transaction: {exc}") from exc
+            conn.in_step = True
             try:
                 yield _PostgresStepTransaction(self, conn, job_id, fence)
             except BaseException as exc:
+                conn.in_step = False
                 with contextlib.suppress(psycopg.Error):
                     transaction.__exit__(type(exc), exc, exc.__traceback__)
                 raise
+            conn.in_step = False
             if conn.info.transaction_status != TransactionStatus.INTRANS:
                 with contextlib.suppress(psycopg.Error):
                     transaction.__exit__(None, None, None)
@@ -684,6 +712,7 @@ class PostgresStore(Store):
             error = exc
             raise
         finally:
+            conn.in_step = False
             conn.row_factory = dict_row
             if error is None:
                 lease.__exit__(None, None, None)

@@ -542,7 +542,8 @@ class SQLiteStore(Store):
         factory = conn.row_factory
         with self._translate():
             conn.execute("BEGIN IMMEDIATE")
-        conn.row_factory = None
+        if not self.memory:  # the in-memory store's one connection keeps its own rows
+            conn.row_factory = None
         conn.in_step = True
         try:
             yield _SQLiteStepTransaction(self, conn, job_id, fence)
