@@ -383,7 +383,9 @@ class App:
         arguments. ``key`` is a ``str.format`` template over the job's bound arguments (or
         a callable taking them); an item whose key is taken by a job with the same
         arguments is skipped and counted in ``.existing``, one with other arguments raises
-        ``KeyConflict`` (the batches before it stay written; enqueueing again skips them).
+        ``KeyConflict`` with the item's position as ``.index``: that item is not written,
+        but the batches before it and the other new items of its batch are (enqueueing
+        the same items again skips them).
         Returns the handles, new and existing, in item order, with ``.new`` and
         ``.existing`` counts.
         """
@@ -524,12 +526,14 @@ class App:
         if existing.name == new.name and existing.args == new.args:
             return
         where = f"item {index}: " if index is not None else ""
-        raise KeyConflict(
+        conflict = KeyConflict(
             f"{where}key {new.key!r} is taken by job {existing.id} ({existing.name}) with "
             f"arguments {existing.args}; this call passed {new.name} with arguments "
             f"{new.args}. A key names one piece of work: use another key for other "
             "arguments."
         )
+        conflict.index = index
+        raise conflict
 
     # running jobs -----------------------------------------------------------------------
     def run(self, job: Any, *args: Any, key: str | None = None, **kwargs: Any) -> Any:

@@ -20,6 +20,9 @@ class StepstoneError(Exception):
 class KeyConflict(StepstoneError):
     """This key is already taken by a job with other arguments."""
 
+    #: With ``enqueue_many``: the position of the conflicting item in ``items``.
+    index: int | None = None
+
 
 class JobNotFound(StepstoneError, LookupError):
     """No job matches this id or key."""

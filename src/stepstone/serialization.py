@@ -279,6 +279,11 @@ class ArgumentCodec:
             return _hints_one_by_one(target, localns, self.qualname)
 
     @property
+    def hints(self) -> dict[str, Any]:
+        """The function's resolved annotations, by parameter name (and ``return``)."""
+        return self._hints
+
+    @property
     def return_type(self) -> Any:
         """The return annotation (``NoneType`` for ``-> None``), or ``Any`` when missing."""
         return self._hints.get("return", Any)

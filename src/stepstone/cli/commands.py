@@ -1,7 +1,8 @@
 """The operator commands, which need no user code: ``jobs``, ``show``, ``retry``, ``cancel``,
-``migrate`` and ``prune`` open the database that ``--db`` names; ``demo`` runs the seed's story.
+``migrate``, ``prune``, ``forget`` and ``memos`` open the database that ``--db`` names;
+``demo`` runs the seed's story.
 
-(``enqueue`` has its own module; ``worker``, which loads the user's App, too.)
+(``enqueue`` has its own module; ``worker`` and ``backfill``, which load the user's code, too.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import JobNotFound
-from .exits import EXIT_OK
+from .exits import EXIT_OK, UsageError
 from .loading import open_app
 from .render import (
     absolute_time,
@@ -126,6 +127,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             shown = truncate(dumps(step.value), 100)
         else:
             shown = error_summary(json.dumps(step.error), 100)
+        if step.memo is not None:
+            how = "taken from" if step.attempts == 0 else "stored as"
+            shown = f"{shown}  ({how} memo {step.memo!r})"
         history.add_row(
             str(step.position), step.name, state_text(step.status), str(step.attempts), shown
         )
@@ -210,6 +214,52 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Drop a memo key (or, with ``--prefix``, every key that starts with it)."""
+    if args.prefix and not args.key:
+        raise UsageError(
+            "an empty prefix would drop every memo; name the start of the keys to drop"
+        )
+    app = open_app(args)
+    dropped = app.forget(args.key, prefix=args.prefix)
+    which = f"whose key starts with {args.key!r}" if args.prefix else f"with key {args.key!r}"
+    if dropped:
+        say(f"dropped {dropped} memo(s) {which}; the next call computes the value afresh")
+    else:
+        say(f"nothing done: no memo {which}", "yellow")
+    return EXIT_OK
+
+
+def cmd_memos(args: argparse.Namespace) -> int:
+    """A table of memo keys (those starting with PREFIX), by key."""
+    from rich.table import Table
+
+    app = open_app(args)
+    memos = app.store.memo_list(args.prefix, limit=args.limit)
+    now = time.time()
+    title = f"memos in {app.store.url}" + (f" starting with {args.prefix!r}" if args.prefix else "")
+    table = Table(title=title, title_justify="left")
+    for column in ("key", "state", "step", "expires", "stored", "value"):
+        table.add_column(column, no_wrap=column != "value")
+    for memo in memos:
+        table.add_row(
+            memo.key,
+            state_text(memo.state),
+            memo.step,
+            relative_time(memo.expires_at, now) if memo.expires_at is not None else "never",
+            relative_time(memo.updated_at, now),
+            truncate(memo.value or "", 60),
+        )
+    out = console()
+    if not memos:
+        out.print("no memos match", style="dim")
+        return EXIT_OK
+    out.print(table)
+    if len(memos) == args.limit:
+        out.print(f"showing the first {args.limit}; pass --limit to see more", style="dim")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the attachment indexer demo (``stepstone.demo``) with the remaining arguments."""
     from ..demo import main as demo_main
@@ -220,7 +270,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 __all__ = [
     "cmd_cancel",
     "cmd_demo",
+    "cmd_forget",
     "cmd_jobs",
+    "cmd_memos",
     "cmd_migrate",
     "cmd_prune",
     "cmd_retry",

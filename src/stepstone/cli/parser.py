@@ -11,15 +11,28 @@ from typing import Any
 from ..errors import StepstoneError
 from ..logs import FORMATS, LEVELS
 from ..store.base import JobState
-from .commands import cmd_cancel, cmd_demo, cmd_jobs, cmd_migrate, cmd_prune, cmd_retry, cmd_show
+from .backfill import cmd_backfill
+from .commands import (
+    cmd_cancel,
+    cmd_demo,
+    cmd_forget,
+    cmd_jobs,
+    cmd_memos,
+    cmd_migrate,
+    cmd_prune,
+    cmd_retry,
+    cmd_show,
+)
 from .enqueue import cmd_enqueue
 from .exits import EXIT_ERROR, EXIT_USAGE, UsageError
 from .render import error
+from .rowfile import FILE_FORMATS
 from .worker import cmd_worker
 
 _STATES = tuple(state.value for state in JobState)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_RATE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(?:/([smh]))?")
 
 
 def parse_duration(text: str) -> float:
@@ -35,6 +48,18 @@ def parse_duration(text: str) -> float:
             f"{text!r} is not a duration; write for example 30s, 15m, 12h or 7d"
         )
     return sum(float(part[1]) * _UNITS[part[2]] for part in parts)
+
+
+def parse_rate(text: str) -> float:
+    """Jobs per second in ``100/s``, ``600/m``, ``3600/h`` or a bare number (per second)."""
+    found = _RATE.fullmatch(text.strip().lower())
+    rate = float(found[1]) if found else 0.0
+    if not found or rate <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate; write a positive number of jobs per second (50 or "
+            "50/s), per minute (600/m) or per hour (3600/h)"
+        )
+    return rate / _UNITS[found[2] or "s"]
 
 
 def _states(text: str) -> list[str]:
@@ -110,6 +135,47 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--app", help="module:attribute: check the arguments against the job")
     enqueue.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
 
+    backfill = command("backfill", cmd_backfill, "enqueue one job per row of a file")
+    backfill.add_argument(
+        "job", metavar="JOB", help="module:attribute naming a job declared with @app.job"
+    )
+    backfill.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="FILE",
+        help="CSV with a header row, or JSON Lines (a JSON object or array per line); - is stdin",
+    )
+    backfill.add_argument(
+        "--format",
+        choices=FILE_FORMATS,
+        help="the file's format (default: by its extension, else "
+        "jsonl if it starts with { or [, else csv)",
+    )
+    backfill.add_argument("--key", metavar="TEMPLATE", help="job key, e.g. 'index:{item_id}'")
+    backfill.add_argument(
+        "--rate", type=parse_rate, metavar="N/s", help="at most N jobs a second (or N/m, N/h)"
+    )
+    backfill.add_argument(
+        "--batch", type=_positive, default=1000, metavar="N", help="jobs per transaction (1000)"
+    )
+    backfill.add_argument("--queue", help="queue (default: the job's)")
+    backfill.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="check the file and count new rows; write nothing"
+    )
+    backfill.add_argument(
+        "--wait", action="store_true", help="then follow the jobs until all have finished"
+    )
+    backfill.add_argument("--db", metavar="URL", help="database URL (default: the job's App's)")
+
+    forget = command("forget", cmd_forget, "drop a memo key, so its step runs afresh", db)
+    forget.add_argument("key", metavar="KEY", help="the memo key (with --prefix, its start)")
+    forget.add_argument("--prefix", action="store_true", help="every memo whose key starts so")
+    memos = command("memos", cmd_memos, "list memo keys and their values", db)
+    memos.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="key prefix")
+    memos.add_argument("--limit", type=_positive, default=50)
+
     command("migrate", cmd_migrate, "apply the database migrations", db)
     prune = command("prune", cmd_prune, "delete finished jobs with their history", db)
     prune.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
@@ -140,4 +206,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["build_parser", "main", "parse_duration"]
+__all__ = ["build_parser", "main", "parse_duration", "parse_rate"]
