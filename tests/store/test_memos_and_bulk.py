@@ -733,3 +733,21 @@ def test_step_transaction_leaves_the_store_usable(store: Store, notes: _Notes) -
     [created] = store.job_insert_many([new_job()], now=T0)
     assert created.created
     assert notes.read() == ["kept"]
+
+
+# --- job_get_many ------------------------------------------------------------------------------
+
+
+def test_get_many_finds_jobs_by_id_and_by_key(store: Store) -> None:
+    """job_get_many returns the jobs named by ids or by keys, once each, and leaves out
+    unknown ones."""
+    first = insert(store, key="many:1")
+    second = insert(store, key="many:2")
+    third = insert(store)
+    by_ids = store.job_get_many(ids=[first, third, "no-such-id"])
+    assert sorted(record.id for record in by_ids) == sorted([first, third])
+    by_keys = store.job_get_many(keys=["many:2", "many:9"])
+    assert [record.id for record in by_keys] == [second]
+    both = store.job_get_many(ids=[first], keys=["many:1", "many:2"])
+    assert sorted(record.id for record in both) == sorted([first, second])
+    assert store.job_get_many() == []

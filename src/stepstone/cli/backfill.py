@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 #: The shortest time between two reads of the jobs' states (``--wait``).
 POLL_INTERVAL = 0.5
+#: How many jobs one read of their states covers (``--wait``).
+LOOKUP_CHUNK = 500
 #: Failed or cancelled jobs named after ``--wait``; any more are counted.
 SHOWN_FAILURES = 10
 
@@ -207,18 +209,20 @@ def wait_for_jobs(app: App, ids: list[str]) -> int:
         while pending:
             started = time.monotonic()
             unfinished = []
-            for number, job_id in enumerate(pending, 1):
-                record = app.store.job_get(job_id)
-                if record is None:  # pruned after it finished
-                    counts["gone"] += 1
-                elif record.state.finished:
-                    counts[record.state.value] += 1
-                    if record.state != "succeeded" and len(failures) < SHOWN_FAILURES:
-                        failures.append(record)
-                else:
-                    unfinished.append(job_id)
-                if number % 200 == 0:
-                    progress.update(task, completed=sum(counts.values()), detail=detail())
+            for start in range(0, len(pending), LOOKUP_CHUNK):
+                chunk = pending[start : start + LOOKUP_CHUNK]
+                found = {record.id: record for record in app.store.job_get_many(ids=chunk)}
+                for job_id in chunk:
+                    record = found.get(job_id)
+                    if record is None:  # pruned after it finished
+                        counts["gone"] += 1
+                    elif record.state.finished:
+                        counts[record.state.value] += 1
+                        if record.state != "succeeded" and len(failures) < SHOWN_FAILURES:
+                            failures.append(record)
+                    else:
+                        unfinished.append(job_id)
+                progress.update(task, completed=sum(counts.values()), detail=detail())
             pending = unfinished
             progress.update(task, completed=sum(counts.values()), detail=detail())
             if pending:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Bad rows listed one by one; any more are counted.
 SHOWN_BAD_ROWS = 20
+#: How many keys one read looks up (``--dry-run``).
+LOOKUP_CHUNK = 500
 FILE_FORMATS = ("csv", "tsv", "jsonl")
 _BOM = b"\xef\xbb\xbf"
 _EMPTY = inspect.Parameter.empty
@@ -306,6 +308,32 @@ def check_file(path: Path, fmt: str, checker: RowChecker, lookup: App | None) ->
     checked = Checked()
     # hash(key) -> (hash(arguments), line): repeats of a key within the file
     seen: dict[int, tuple[int, int]] = {}
+    waiting: list[Prepared] = []  # rows whose key is looked up in the next batch
+
+    def settle() -> None:
+        found = {}
+        if lookup is not None and waiting:
+            keys = [row.key for row in waiting if row.key is not None]
+            found = {record.key: record for record in lookup.store.job_get_many(keys=keys)}
+        for row in waiting:
+            record = found.get(row.key)
+            if record is not None and (record.name, record.args) != (
+                checker.job.name,
+                row.args_text,
+            ):
+                checked.add_bad(
+                    row.line,
+                    f"key {row.key!r} is taken by job {record.id} ({record.name}) with "
+                    f"arguments {record.args}; this row passes {row.args_text}",
+                )
+                continue
+            checked.rows += 1
+            if record is None:
+                checked.new += 1
+            else:
+                checked.existing += 1
+        waiting.clear()
+
     for entry in read_rows(path, fmt):
         if isinstance(entry, Header):
             problem = checker.header(entry.names)
@@ -338,19 +366,10 @@ def check_file(path: Path, fmt: str, checker: RowChecker, lookup: App | None) ->
                 checked.existing += 1
             continue
         seen[hash(row.key)] = (hash(row.args_text), row.line)
-        record = lookup.store.job_get_by_key(row.key) if lookup is not None else None
-        if record is not None and (record.name, record.args) != (checker.job.name, row.args_text):
-            checked.add_bad(
-                row.line,
-                f"key {row.key!r} is taken by job {record.id} ({record.name}) with arguments "
-                f"{record.args}; this row passes {row.args_text}",
-            )
-            continue
-        checked.rows += 1
-        if record is None:
-            checked.new += 1
-        else:
-            checked.existing += 1
+        waiting.append(row)
+        if len(waiting) >= LOOKUP_CHUNK:
+            settle()
+    settle()
     return checked
 
 

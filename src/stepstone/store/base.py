@@ -252,6 +252,10 @@ class Store(abc.ABC):
         """The job with this key."""
 
     @abc.abstractmethod
+    def job_get_many(self, *, ids: Sequence[str] = (), keys: Sequence[str] = ()) -> list[JobRecord]:
+        """The jobs with these ids or these keys (in no order; unknown ones are left out)."""
+
+    @abc.abstractmethod
     def job_list(
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
     ) -> list[JobRecord]:

@@ -397,6 +397,10 @@ class PostgresStore(Store):
         found = self._fetch("job_get_by_key", {"key": key})
         return rows.job_record(found[0]) if found else None
 
+    def job_get_many(self, *, ids: Sequence[str] = (), keys: Sequence[str] = ()) -> list[JobRecord]:
+        params = {"ids": list(ids), "keys": list(keys)}
+        return [rows.job_record(row) for row in self._fetch("job_get_many", params)]
+
     def job_list(
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
     ) -> list[JobRecord]:

@@ -298,6 +298,10 @@ class SQLiteStore(Store):
         found = self._read(Q["job_get_by_key"], {"key": key})
         return rows.job_record(found[0]) if found else None
 
+    def job_get_many(self, *, ids: Sequence[str] = (), keys: Sequence[str] = ()) -> list[JobRecord]:
+        params = {"ids": json.dumps(list(ids)), "keys": json.dumps(list(keys))}
+        return [rows.job_record(row) for row in self._read(Q["job_get_many"], params)]
+
     def job_list(
         self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
     ) -> list[JobRecord]:

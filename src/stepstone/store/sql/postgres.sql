@@ -287,3 +287,9 @@ RETURNING id;
 
 -- name: job_get_by_keys
 SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[]);
+
+-- name: job_get_many
+SELECT * FROM {schema}.job_records WHERE id = ANY(%(ids)s::text[])
+UNION ALL
+SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[])
+  AND NOT id = ANY(%(ids)s::text[]);

@@ -15,6 +15,10 @@ SELECT * FROM stepstone_jobs WHERE id = :id;
 -- name: job_get_by_key
 SELECT * FROM stepstone_jobs WHERE key = :key;
 
+-- name: job_get_many
+SELECT * FROM stepstone_jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) OR key IN (SELECT value FROM json_each(:keys));
+
 -- name: job_list
 SELECT * FROM stepstone_jobs
 WHERE (:states IS NULL OR state IN (SELECT value FROM json_each(:states)))
