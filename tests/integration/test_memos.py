@@ -114,7 +114,7 @@ def test_forget_makes_the_next_call_compute_again(app: App) -> None:
     assert app.forget("ocr:a1") == 0
     app.enqueue(index, "a1")
     app.run_worker(until_idle=True)
-    assert calls == ["a1", "a2", "a1"]
+    assert sorted(calls) == ["a1", "a1", "a2"]
     assert app.forget("ocr:", prefix=True) == 2
     assert app.memo("ocr:a2") is None
     assert first.steps()[0].value == "text of a1 (fast)"
