@@ -559,31 +559,31 @@ def test_insert_on_something_not_a_connection_raises_type_error(store: Store) ->
 
 
 def test_insert_on_a_connection_to_another_sqlite_file_raises_store_error(
-    store: Store, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """On SQLite, a connection to a different file cannot share the job's transaction."""
-    if not isinstance(store, SQLiteStore) or store.memory:
-        pytest.skip("a SQLite database file only")
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
     connection = sqlite3.connect(tmp_path / "other.db")
     try:
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="same database file"):
             store.job_insert_on(connection, new_job(), now=T0)
+        assert store.job_list() == []
     finally:
         connection.close()
-    assert store.job_list() == []
+        store.close()
 
 
-def test_insert_on_the_memory_backend_raises_store_error(store: Store) -> None:
+def test_insert_on_the_memory_backend_raises_store_error() -> None:
     """An in-memory SQLite store cannot be reached through another connection."""
-    if not isinstance(store, SQLiteStore) or not store.memory:
-        pytest.skip("sqlite:///:memory: only")
+    store = SQLiteStore(":memory:")
     connection = sqlite3.connect(":memory:")
     try:
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="memory"):
             store.job_insert_on(connection, new_job(), now=T0)
+        assert store.job_list() == []
     finally:
         connection.close()
-    assert store.job_list() == []
+        store.close()
 
 
 # --- step_transaction --------------------------------------------------------------------------
