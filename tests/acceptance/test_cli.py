@@ -275,3 +275,5 @@ def test_demo_runs_end_to_end(cli: Run) -> None:
     assert "replayed from its checkpoint" in done.stdout
     assert "jobs succeeded: 30/30" in done.stdout
     assert re.search(r"every premium attachment indexed exactly once: yes", done.stdout)
+    assert "same job keys: 0 new, 30 already existed" in done.stdout
+    assert re.search(r"30 new jobs, 30 succeeded; OCR calls 0, search index calls 0", done.stdout)
