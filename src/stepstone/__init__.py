@@ -14,19 +14,23 @@ from .errors import (
     JobCancelled,
     JobFailed,
     JobNotFound,
+    JobTimeout,
     KeyConflict,
     LeaseLost,
     NonDeterminism,
     Permanent,
     SerializationError,
     StepstoneError,
+    StepTimeout,
     StoredError,
     StoreError,
     UnknownJob,
     WaitTimeout,
 )
+from .flow import gather, sleep, sleep_until, wait_for
 from .handle import AttemptError, Enqueued, JobHandle, StepRecord
 from .job import JobDefinition
+from .limits import Limit, Rate
 from .logs import configure_logging
 from .retry import Retry
 from .step import StepDefinition, TransactionStep
@@ -47,14 +51,18 @@ __all__ = [
     "JobHandle",
     "JobNotFound",
     "JobState",
+    "JobTimeout",
     "KeyConflict",
+    "Limit",
     "LeaseLost",
     "NonDeterminism",
     "Permanent",
+    "Rate",
     "Retry",
     "SerializationError",
     "StepDefinition",
     "StepRecord",
+    "StepTimeout",
     "StepstoneError",
     "StoreError",
     "StoredError",
@@ -65,4 +73,8 @@ __all__ = [
     "__version__",
     "configure_logging",
     "current",
+    "gather",
+    "sleep",
+    "sleep_until",
+    "wait_for",
 ]

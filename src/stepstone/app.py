@@ -11,19 +11,23 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .clock import Clock, SystemClock
+from .context import current_run, current_step
 from .errors import JobNotFound, KeyConflict, StepstoneError, UnknownJob
 from .handle import Enqueued, JobHandle
 from .job import DEFAULT_QUEUE, JobDefinition
 from .keys import KeyTemplate, check_key
 from .lease import LeaseKeeper
+from .limits import Limit, Rate
 from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
+from .schedule import Schedule
+from .serialization import dumps
 from .step import StepDefinition, TransactionStep
 from .store import Store, open_store
-from .store.base import InsertResult, JobRecord, JobState, MemoRecord, NewJob
+from .store.base import JOB_EVENT_PREFIX, InsertResult, JobRecord, JobState, MemoRecord, NewJob
 from .store.urls import mask_password
 
 if TYPE_CHECKING:
@@ -165,8 +169,10 @@ class App:
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
         priority: int = 0,
-        concurrency: Any = None,
+        concurrency: Limit | int | None = None,
         cron: str | None = None,
+        timezone: str | tzinfo | None = None,
+        missed: str = "latest",
     ) -> Callable[[Callable[P, R]], JobDefinition[P, R]]: ...
 
     def job(
@@ -179,15 +185,28 @@ class App:
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
         priority: int = 0,
-        concurrency: Any = None,
+        concurrency: Limit | int | None = None,
         cron: str | None = None,
+        timezone: str | tzinfo | None = None,
+        missed: str = "latest",
     ) -> JobDefinition[P, R] | Callable[[Callable[P, R]], JobDefinition[P, R]]:
-        """Declare a job. ``@app.job`` or ``@app.job(name=, queue=, retry=, priority=)``."""
-        for option, value in (("timeout", timeout), ("concurrency", concurrency), ("cron", cron)):
-            if value is not None:
-                raise StepstoneError(
-                    f"@app.job({option}=...) is not supported by this version of stepstone"
-                )
+        """Declare a job: ``@app.job`` or ``@app.job(name=, queue=, retry=, priority=,
+        timeout=, concurrency=, cron=, timezone=, missed=)``.
+
+        ``timeout`` (seconds or a ``timedelta``) is a deadline counted from the job's first
+        start, across attempts, replays and restarts: past it the job fails with
+        ``JobTimeout``. ``concurrency`` (``Limit(n, key=)``, or ``n``) caps how many run at
+        once across all workers. ``cron`` (a five-field cron expression, in ``timezone``,
+        default UTC) enqueues the job once per tick; ``missed`` says what happens to ticks
+        that passed while no worker ran: ``"latest"`` runs the most recent one once,
+        ``"all"`` runs each of them, ``"skip"`` runs none.
+        """
+        if isinstance(concurrency, int) and not isinstance(concurrency, bool):
+            concurrency = Limit(concurrency)
+        if concurrency is not None and not isinstance(concurrency, Limit):
+            raise TypeError(f"concurrency= takes Limit(n, key=) or an int, not {concurrency!r}")
+        if timeout is not None and _seconds(timeout) <= 0:
+            raise ValueError("timeout must be positive")
 
         def register(function: Callable[P, R]) -> JobDefinition[P, R]:
             job_name = name or f"{function.__module__}.{function.__qualname__}"
@@ -207,6 +226,12 @@ class App:
                 retry=retry.with_defaults(DEFAULT_JOB_RETRY) if retry else DEFAULT_JOB_RETRY,
                 priority=priority,
                 timeout=timeout,
+                concurrency=concurrency,
+                schedule=(
+                    Schedule(cron, timezone=timezone, missed=missed, fn=function, name=job_name)
+                    if cron is not None
+                    else None
+                ),
             )
             self.jobs[job_name] = definition
             self._functions[function] = definition
@@ -228,6 +253,7 @@ class App:
         key: str | Callable[..., str] | None = None,
         ttl: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
+        rate: Rate | None = None,
     ) -> Callable[[Callable[P, R]], StepDefinition[P, R]]: ...
 
     def step(
@@ -240,18 +266,23 @@ class App:
         key: str | Callable[..., str] | None = None,
         ttl: float | timedelta | None = None,
         timeout: float | timedelta | None = None,
+        rate: Rate | None = None,
     ) -> StepDefinition[P, R] | Callable[[Callable[P, R]], StepDefinition[P, R]]:
         """Declare a step. ``@app.step`` or ``@app.step(name=, retry=, key=, ttl=)``.
 
         ``key`` (a ``str.format`` template over the step's arguments, or a callable taking
         them) stores the step's result under that key for every job: any later call with
         the same key returns it without running the body, until ``app.forget(key)`` or,
-        with ``ttl`` (seconds or a ``timedelta``), until it expires.
+        with ``ttl`` (seconds or a ``timedelta``), until it expires. ``timeout`` bounds each
+        attempt: an async step is cancelled (``TimeoutError``, retried per ``retry``); a sync
+        step cannot be interrupted, so its attempt is abandoned and the job attempt fails
+        with ``StepTimeout``, releasing its lease. ``rate`` (``Rate(n, per=, key=)``) limits
+        how often the body runs across all workers.
         """
-        if timeout is not None:
-            raise StepstoneError(
-                "@app.step(timeout=...) is not supported by this version of stepstone"
-            )
+        if timeout is not None and _seconds(timeout) <= 0:
+            raise ValueError("timeout must be positive")
+        if rate is not None and not isinstance(rate, Rate):
+            raise TypeError(f"rate= takes Rate(n, per=, key=), not {rate!r}")
 
         def register(function: Callable[P, R]) -> StepDefinition[P, R]:
             step_name = name or function.__name__
@@ -263,6 +294,8 @@ class App:
                 localns=_declaring_scope(),
                 key=key,
                 ttl=ttl,
+                timeout=_seconds(timeout) if timeout is not None else None,
+                rate=rate,
             )
             self.steps[step_name] = definition
             return definition
@@ -340,6 +373,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         connection: Any = None,
+        debounce: float | timedelta | None = None,
         **kwargs: Any,
     ) -> JobHandle:
         """Durably enqueue a job; with ``key``, at most one job per key ever exists.
@@ -348,9 +382,45 @@ class App:
         with other arguments (or another job) it raises ``KeyConflict``. With
         ``connection`` (your own ``sqlite3``/psycopg connection to this app's database),
         the job is written inside your open transaction: it exists if and only if your
-        transaction commits.
+        transaction commits. With ``debounce`` (seconds), ``key`` names a debounce group
+        instead: a job of the group still queued is replaced (new arguments) and delayed to
+        ``debounce`` from now, so a burst of enqueues runs the job once. Called in a job's
+        own code (not in a step), the enqueue is part of the job's history: a replay gets
+        the same child job back.
         """
         definition = self._definition(job)
+        if debounce is not None:
+            return self._debounce(
+                definition,
+                args,
+                kwargs,
+                key=key,
+                wait=_seconds(debounce),
+                queue=queue,
+                priority=priority,
+            )
+        run = current_run.get()
+        if run is not None and current_step.get() is None and connection is None:
+            from .flow import checkpointed_enqueue
+
+            run.check()
+            due = self._due(delay, run_at)
+
+            def insert(child_key: str) -> str:
+                return self._insert(
+                    definition,
+                    args,
+                    kwargs,
+                    key=child_key,
+                    run_at=due,
+                    queue=queue,
+                    priority=priority,
+                    parent_id=run.job_id,
+                ).id
+
+            child_id = checkpointed_enqueue(run, insert, key)
+            self._wake_workers()
+            return JobHandle(self, child_id, key)
         record = self._insert(
             definition,
             args,
@@ -480,9 +550,17 @@ class App:
         priority: int | None,
         owner: str | None = None,
         connection: Any = None,
+        parent_id: str | None = None,
     ) -> JobRecord:
         new = self._new_job(
-            definition, args, kwargs, key=key, run_at=run_at, queue=queue, priority=priority
+            definition,
+            args,
+            kwargs,
+            key=key,
+            run_at=run_at,
+            queue=queue,
+            priority=priority,
+            parent_id=parent_id,
         )
         now = self.clock.now()
         if connection is not None:
@@ -507,9 +585,12 @@ class App:
         run_at: float,
         queue: str | None,
         priority: int | None,
+        parent_id: str | None = None,
+        debounce_key: str | None = None,
     ) -> NewJob:
         if key is not None:
             check_key(key, what="job key")
+        concurrency_key, concurrency_limit = definition.concurrency_key(args, kwargs)
         return NewJob(
             id=new_job_id(),
             name=definition.name,
@@ -518,7 +599,53 @@ class App:
             args=definition.codec.encode(args, kwargs),
             priority=definition.priority if priority is None else priority,
             run_at=run_at,
+            parent_id=parent_id,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            debounce_key=debounce_key,
         )
+
+    def _debounce(
+        self,
+        definition: JobDefinition[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: str | None,
+        wait: float,
+        queue: str | None,
+        priority: int | None,
+    ) -> JobHandle:
+        if key is None:
+            raise ValueError("enqueue(debounce=...) needs key= to name the debounce group")
+        check_key(key, what="debounce key")
+        new = self._new_job(
+            definition,
+            args,
+            kwargs,
+            key=None,
+            run_at=self.clock.now() + wait,
+            queue=queue,
+            priority=priority,
+            debounce_key=f"{definition.name}:{key}",
+        )
+        record = self.store.job_debounce(new, now=self.clock.now()).job
+        self._wake_workers()
+        return JobHandle(self, record.id, None)
+
+    def signal(self, event: str, payload: Any = None) -> int:
+        """Send ``event`` with a JSON-able ``payload`` to the jobs waiting for it (all of
+        them), and keep it for jobs that wait later (until ``prune``). Returns how many
+        waiting jobs were woken."""
+        if not isinstance(event, str) or not event:
+            raise ValueError("signal() needs an event name (a non-empty str)")
+        if event.startswith(JOB_EVENT_PREFIX):
+            raise ValueError(f"event names starting with {JOB_EVENT_PREFIX!r} are reserved")
+        check_key(event, what="event name")
+        woken = self.store.signal_send(event, dumps(payload), now=self.clock.now())
+        if woken:
+            self._wake_workers()
+        return woken
 
     @staticmethod
     def _check_same(existing: JobRecord, new: NewJob, *, index: int | None = None) -> None:
@@ -557,6 +684,7 @@ class App:
                     f"app.run({definition.name}) was called inside a running event loop; "
                     "enqueue the job and `await handle.result_async()` instead"
                 )
+        limited = definition.concurrency is not None  # claimed through the limit below
         record = self._insert(
             definition,
             args,
@@ -565,7 +693,7 @@ class App:
             run_at=self.clock.now(),
             queue=None,
             priority=None,
-            owner=self.owner,
+            owner=None if limited else self.owner,
         )
         handle = JobHandle(self, record.id, record.key)
         claimed = None
@@ -586,12 +714,15 @@ class App:
             now = self.clock.now()
             if record.state.finished:
                 return handle._outcome(record)
-            if record.state == JobState.QUEUED and record.run_at <= now:
+            parked = record.state in (JobState.QUEUED, JobState.WAITING)
+            if parked and record.run_at <= now:
                 claimed = self.store.job_claim(
                     record.id, owner=self.owner, now=now, lease_until=now + self.lease
                 )
+                if claimed is None:  # at its concurrency limit: wait for a slot
+                    self._wait_for_finish(min(0.05, self.poll_interval))
                 continue
-            if record.state == JobState.QUEUED:
+            if parked:
                 self.clock.sleep(min(record.run_at - now, self.poll_interval))
                 continue
             if (
@@ -645,15 +776,22 @@ class App:
         return JobHandle(self, record.id, record.key)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a job at once. A running job stops at its next step boundary (its running
-        step's checkpoint is refused). False if it had already finished."""
+        """Cancel a job at once, and the unfinished jobs it enqueued. A queued or waiting job
+        never runs; a running job stops at its next step boundary (its running step's
+        checkpoint is refused), an async one at once (its task is cancelled). False if it
+        had already finished."""
         cancelled = self.store.job_cancel(job_id, now=self.clock.now())
         if cancelled:
-            for run in self._lease_keeper.active():
-                if run.job_id == job_id:
-                    from .errors import JobCancelled
+            # This process's runs of the job or of its children (cancelled with it).
+            active = {run.job_id: run for run in self._lease_keeper.active()}
+            if active:
+                from .errors import JobCancelled
 
-                    run.interrupt = JobCancelled(f"job {job_id} was cancelled")
+                for record in self.store.job_get_many(ids=list(active)):
+                    if record.state == JobState.CANCELLED:
+                        active[record.id].interrupt_with(
+                            JobCancelled(f"job {record.id} was cancelled")
+                        )
             self._job_finished(job_id)
         return cancelled
 
@@ -686,6 +824,7 @@ class App:
         now = self.clock.now()
         before = now - _seconds(older_than)
         self.store.memo_prune(now=now)
+        self.store.signal_prune(before=before)
         total = 0
         while True:
             deleted = self.store.job_prune(finished_before=before)

@@ -65,7 +65,17 @@ class JobCancelled(StepstoneError):
 
 
 class WaitTimeout(StepstoneError, TimeoutError):
-    """No signal arrived before the timeout."""
+    """No signal arrived (or the awaited job did not finish) before the timeout."""
+
+
+class JobTimeout(StepstoneError, TimeoutError):
+    """The job ran past its ``timeout=`` (counted from its first start, across attempts,
+    replays and restarts). It is not retried."""
+
+
+class StepTimeout(StepstoneError, TimeoutError):
+    """A sync step ran past its ``timeout=``: its attempt was abandoned (the thread cannot
+    be interrupted) and the job attempt failed."""
 
 
 class Permanent(Exception):
@@ -87,7 +97,28 @@ class PermanentStoredError(StoredError, Permanent):
 
 
 class Suspend(BaseException):
-    """Control flow: park the running job; the worker resumes it later. Not an error."""
+    """Control flow: park the running job; the worker resumes it later. Not an error.
+
+    It derives from ``BaseException`` so that ``except Exception`` in a job does not catch
+    it. The job waits until ``until`` (epoch seconds), or until ``event`` is signalled
+    (newer than signal ``signal_after``), or until job ``child`` finishes.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        until: float,
+        event: str | None = None,
+        signal_after: int = 0,
+        child: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.until = until
+        self.event = event
+        self.signal_after = signal_after
+        self.child = child
 
 
 __all__ = [
@@ -95,12 +126,14 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobNotFound",
+    "JobTimeout",
     "KeyConflict",
     "LeaseLost",
     "NonDeterminism",
     "Permanent",
     "PermanentStoredError",
     "SerializationError",
+    "StepTimeout",
     "StepstoneError",
     "StoreError",
     "StoredError",

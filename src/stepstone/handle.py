@@ -5,19 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
+from .context import current_run, current_step
 from .errors import JobCancelled, JobFailed, JobNotFound
 from .serialization import describe_error, error_from_record, loads
 from .store.base import JobRecord, JobState
 
 if TYPE_CHECKING:
     from .app import App
+    from .runner import JobRun
 
 _FIRST_POLL = 0.002
 _MAX_POLL = 0.1
+
+
+def _parking_run() -> JobRun | None:
+    """The job run whose own code (not a step) is calling, which waits by parking."""
+    run = current_run.get()
+    if run is None or current_step.get() is not None:
+        return None
+    run.check()
+    return run
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,14 @@ class JobHandle:
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first, ``JobFailed`` (with the
         job's final error as ``__cause__``) if it failed, ``JobCancelled`` if cancelled.
+        Called in a job's own code, it parks that job until this one finishes (its worker
+        slot is free meanwhile), and the outcome becomes part of its history.
         """
+        run = _parking_run()
+        if run is not None:
+            from .flow import child_result
+
+            return child_result(run, self, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = _FIRST_POLL
         while True:
@@ -103,8 +121,17 @@ class JobHandle:
             self._app._wait_for_finish(wait)
             poll = min(poll * 2, _MAX_POLL)
 
-    async def result_async(self, timeout: float | None = None) -> Any:
-        """``result()`` for ``async`` code: waits without blocking the event loop."""
+    def result_async(self, timeout: float | None = None) -> Awaitable[Any]:
+        """``result()`` for ``async`` code: waits without blocking the event loop. In an async
+        job's own code it parks the job, like ``result()``."""
+        run = _parking_run()
+        if run is not None:
+            from .flow import Ready, child_result
+
+            return Ready(child_result(run, self, timeout))
+        return self._result_async(timeout)
+
+    async def _result_async(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = _FIRST_POLL
         while True:

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from .limits import Limit, limit_key
 from .retry import Retry
 from .serialization import ArgumentCodec
 
 if TYPE_CHECKING:
     from .app import App
+    from .schedule import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +36,8 @@ class JobDefinition(Generic[P, R]):
         priority: int,
         timeout: float | timedelta | None,
         localns: dict[str, Any] | None = None,
+        concurrency: Limit | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -42,9 +46,22 @@ class JobDefinition(Generic[P, R]):
         self.retry = retry
         self.priority = priority
         self.timeout = timeout
+        self.concurrency = concurrency
+        self.schedule = schedule
         self.is_async = inspect.iscoroutinefunction(fn)
         self.codec = ArgumentCodec(fn, localns=localns)
+        self._limit_key = limit_key(concurrency, fn, name) if concurrency is not None else None
         functools.update_wrapper(self, fn)
+
+    def concurrency_key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str | None, int | None]:
+        """The concurrency key and limit of one call (None, None without a limit)."""
+        if self.concurrency is None:
+            return None, None
+        if self._limit_key is None:
+            return self.name, self.concurrency.n
+        return f"{self.name}:{self._limit_key.render(args, kwargs)}", self.concurrency.n
 
     @property
     def return_type(self) -> object:

@@ -90,7 +90,7 @@ class LeaseKeeper:
         ):
             return  # the run itself ended the job between this heartbeat's snapshot and write
         if record is not None and record.state == JobState.CANCELLED:
-            run.interrupt = JobCancelled(f"job {run.job_id} was cancelled")
+            run.interrupt_with(JobCancelled(f"job {run.job_id} was cancelled"))
             return
         now_token = record.fence if record is not None else "none (job deleted)"
         state = record.state.value if record is not None else "gone"

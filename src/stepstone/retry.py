@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
-from .errors import InvalidKey, NonDeterminism, Permanent, SerializationError
+from .errors import InvalidKey, JobTimeout, NonDeterminism, Permanent, SerializationError
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -18,6 +18,7 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
     SerializationError,
     NonDeterminism,
     InvalidKey,
+    JobTimeout,
 )
 
 

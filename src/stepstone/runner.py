@@ -12,16 +12,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .context import JobLogger, current_run, logger
 from .errors import (
     JobCancelled,
+    JobTimeout,
     LeaseLost,
     NonDeterminism,
     SerializationError,
+    StepTimeout,
     StoreError,
+    Suspend,
 )
 from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
 from .store.base import Checkpoint, ClaimedJob, MemoClaim
@@ -29,12 +34,39 @@ from .store.base import Checkpoint, ClaimedJob, MemoClaim
 if TYPE_CHECKING:
     from .app import App
     from .job import JobDefinition
+    from .limits import Rate
     from .step import StepDefinition
 
 T = TypeVar("T")
 
 #: Interruptions that end a run without an outcome of its own.
 Interruption = LeaseLost | JobCancelled | StoreError
+
+
+class StepWatchdog:
+    """A timer that abandons a sync step's attempt if it has not returned in time."""
+
+    def __init__(self, run: JobRun, timeout: float, seq: int, ident: str, attempt: int) -> None:
+        self._lock = threading.Lock()
+        self._state = "running"
+        self._timer = threading.Timer(timeout, self._fire, args=(run, timeout, seq, ident, attempt))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self, run: JobRun, timeout: float, seq: int, ident: str, attempt: int) -> None:
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "fired"
+        run.abandon_step(timeout, seq, ident, attempt)
+
+    def done(self) -> bool:
+        """The step returned (or raised): stop the timer. True if it had already fired."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "done"
+                self._timer.cancel()
+            return self._state == "fired"
 
 
 class Released(BaseException):
@@ -59,6 +91,20 @@ class JobRun:
         self.key = claimed.key
         self.fence = claimed.fence
         self.attempt = claimed.attempt
+        self.created_at = claimed.created_at
+        timeout = definition.timeout
+        if isinstance(timeout, timedelta):
+            timeout = timeout.total_seconds()
+        #: When the job times out: its timeout counted from its first start.
+        self.deadline: float | None = (
+            (claimed.started_at or app.clock.now()) + timeout if timeout is not None else None
+        )
+        #: Per event, the newest signal this run has taken (wait_for).
+        self.signal_cursors: dict[str, int] = {}
+        #: The task running an async job, cancelled at once when the job is cancelled.
+        self.task: asyncio.Task[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._finish_lock = threading.Lock()
         self.history = {checkpoint.seq: checkpoint for checkpoint in history}
         self.position = 0
         self.occurrences: dict[str, int] = {}
@@ -80,11 +126,30 @@ class JobRun:
 
     # step boundaries --------------------------------------------------------------------
     def check(self) -> None:
-        """At a step boundary: stop here if the run lost its lease or the worker stops."""
+        """At a step boundary: stop here if the run lost its lease, the job was cancelled or
+        timed out, or the worker stops."""
         if self.interrupt is not None:
             raise type(self.interrupt)(str(self.interrupt))
+        if self.deadline is not None and self.app.clock.now() > self.deadline:
+            raise self.timed_out()
         if self.stopping:
             raise Released
+
+    def timed_out(self) -> JobTimeout:
+        timeout = self.definition.timeout
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        return JobTimeout(
+            f"job {self.job_id} ({self.name}) ran past its timeout of {seconds:g}s, counted "
+            "from its first start across attempts and restarts"
+        )
+
+    def interrupt_with(self, error: Interruption) -> None:
+        """Stop this run at its next step boundary; an async job's task is cancelled now."""
+        self.interrupt = error
+        task, loop = self.task, self.loop
+        if task is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
 
     def assign(self, step_name: str) -> tuple[int, str]:
         """Give a step call its position and identity, checking it against the history."""
@@ -242,6 +307,47 @@ class JobRun:
                 extra={"action": "store.error", "memo": key},
             )
 
+    # rate limits and step timeouts -------------------------------------------------------
+    def rate_acquire(self, key: str, rate: Rate) -> float:
+        """Seconds to wait before the rate limit lets a call through (0: go now)."""
+        try:
+            return self.store.rate_acquire(
+                key, limit=rate.n, per=rate.seconds, now=self.app.clock.now()
+            )
+        except StoreError as exc:
+            self.interrupt = exc
+            raise
+
+    def watch_step(
+        self, step: StepDefinition[Any, Any], seq: int, ident: str, attempt: int
+    ) -> StepWatchdog:
+        """Start the timer that abandons a sync step's attempt when it runs too long."""
+        assert step.timeout is not None
+        return StepWatchdog(self, step.timeout, seq, ident, attempt)
+
+    def abandoned(self) -> LeaseLost:
+        return LeaseLost(
+            f"job {self.job_id}: this run was abandoned when a step ran past its timeout; "
+            "its job attempt already failed and the job is someone else's now"
+        )
+
+    def abandon_step(self, timeout: float, seq: int, ident: str, attempt: int) -> None:
+        """From the watchdog's thread: the step ran past its timeout. A sync step cannot be
+        interrupted, so the attempt is given up: its error is recorded, the job attempt
+        fails (and is retried per the job's policy, which releases the lease), and the run
+        is interrupted so that the step's eventual value is never checkpointed."""
+        error = StepTimeout(
+            f"step {ident} of job {self.job_id} ran past its timeout of {timeout:g}s (attempt "
+            f"{attempt}); a sync step cannot be interrupted, so the attempt was abandoned and "
+            "its thread left to finish on its own"
+        )
+        self.record_step_error(seq, ident, attempt, error)
+        self.logger.error("%s", error, extra={"action": "step.timed_out", "step": ident})
+        self.finish(error=error)
+        if self.interrupt is None:
+            self.interrupt = self.abandoned()
+            self.interrupt_logged = True
+
     def record_step_error(self, seq: int, ident: str, attempt: int, error: BaseException) -> str:
         """Keep the error of one failed step attempt; return its stored form."""
         text = json.dumps(error_to_record(error))
@@ -320,7 +426,13 @@ class JobRun:
 
     # outcomes ---------------------------------------------------------------------------
     def finish(self, value: Any = None, error: BaseException | None = None) -> None:
-        """Record how this attempt ended: success, retry, failure or release."""
+        """Record how this attempt ended: success, retry, failure, park or release."""
+        with self._finish_lock:
+            if self.outcome_written:
+                return  # already ended (an abandoned step's timer wrote it)
+            self._finish_locked(value, error)
+
+    def _finish_locked(self, value: Any, error: BaseException | None) -> None:
         try:
             self._finish(value, error)
             self.outcome_written = True
@@ -350,6 +462,26 @@ class JobRun:
             return
         if self.interrupt is not None:
             self._report_interrupt()
+            return
+        if isinstance(error, Suspend):
+            until = error.until
+            if self.deadline is not None:
+                until = min(until, self.deadline)  # wake up to time out
+            store.job_park(
+                self.job_id,
+                self.fence,
+                until=until,
+                event=error.event,
+                signal_after=error.signal_after,
+                child=error.child,
+                now=now,
+            )
+            self.logger.info(
+                "job %s parked: %s",
+                self.job_id,
+                error.reason,
+                extra={"action": "job.parked"},
+            )
             return
         if error is None:
             try:
@@ -456,8 +588,9 @@ def execute_sync(app: App, claimed: ClaimedJob) -> JobRun | None:
     app._lease_keeper.add(run)
     token = current_run.set(run)
     try:
+        run.check()
         value = run.definition.fn(*args, **kwargs)
-    except (Exception, Released) as exc:
+    except (Exception, Released, Suspend) as exc:
         current_run.reset(token)
         run.finish(error=exc)
     except BaseException:
@@ -478,13 +611,32 @@ async def execute_async(app: App, claimed: ClaimedJob) -> JobRun | None:
     if prepared is None:
         return None
     run, args, kwargs = prepared
+    run.task = asyncio.current_task()
+    run.loop = asyncio.get_running_loop()
     app._lease_keeper.add(run)
     token = current_run.set(run)
     try:
-        value = await run.definition.fn(*args, **kwargs)
-    except (Exception, Released) as exc:
+        run.check()
+        coroutine = run.definition.fn(*args, **kwargs)
+        if run.deadline is None:
+            value = await coroutine
+        else:
+            remaining = max(run.deadline - app.clock.now(), 0.0)
+            try:
+                value = await asyncio.wait_for(coroutine, remaining)
+            except TimeoutError as exc:
+                if app.clock.now() < run.deadline:
+                    raise  # the job's own TimeoutError
+                raise run.timed_out() from exc
+    except (Exception, Released, Suspend) as exc:
         current_run.reset(token)
         await app._call_store(run.finish, None, exc)
+    except asyncio.CancelledError:
+        current_run.reset(token)
+        if not isinstance(run.interrupt, JobCancelled):
+            await asyncio.shield(app._call_store(run.finish, None, Released()))
+            raise
+        await app._call_store(run.finish, None, None)  # reports the cancellation
     except BaseException:
         current_run.reset(token)
         await asyncio.shield(app._call_store(run.finish, None, Released()))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from .context import StepFrame, current_run, current_step
 from .errors import SerializationError, StepstoneError, StoreError
 from .keys import KeyTemplate
+from .limits import Rate, rate_key
 from .retry import Retry
 from .serialization import ArgumentCodec, loads
 
@@ -32,6 +33,8 @@ R = TypeVar("R")
 
 #: How often a run waiting for a memo key that another run computes looks again, at most.
 MEMO_POLL_MAX = 0.25
+#: The longest a rate-limited call sleeps before asking again (it re-checks cancellation).
+RATE_WAIT_MAX = 1.0
 
 
 class StepDefinition(Generic[P, R]):
@@ -48,6 +51,8 @@ class StepDefinition(Generic[P, R]):
         key: str | Callable[..., str] | None = None,
         ttl: float | timedelta | None = None,
         transactional: bool = False,
+        timeout: float | None = None,
+        rate: Rate | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -64,7 +69,40 @@ class StepDefinition(Generic[P, R]):
         self.ttl = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
         if self.ttl is not None and self.ttl <= 0:
             raise ValueError(f"step {name}: ttl must be positive")
+        self.timeout = timeout
+        self.rate = rate
+        self.rate_key = rate_key(rate, fn, name) if rate is not None else None
         functools.update_wrapper(self, fn)
+
+    def _rate_name(self, args: Any, kwargs: Any) -> str:
+        assert self.rate_key is not None
+        key = (
+            self.rate_key if isinstance(self.rate_key, str) else self.rate_key.render(args, kwargs)
+        )
+        return key
+
+    def _take_rate_sync(self, run: JobRun, args: Any, kwargs: Any) -> None:
+        """Wait (outside any transaction) until the step's rate limit lets a call through."""
+        if self.rate is None:
+            return
+        key = self._rate_name(args, kwargs)
+        while True:
+            wait = run.rate_acquire(key, self.rate)
+            if wait <= 0:
+                return
+            self.app.clock.sleep(min(wait, RATE_WAIT_MAX))
+            run.check()
+
+    async def _take_rate_async(self, run: JobRun, args: Any, kwargs: Any) -> None:
+        if self.rate is None:
+            return
+        key = self._rate_name(args, kwargs)
+        while True:
+            wait = await self.app._call_store(run.rate_acquire, key, self.rate)
+            if wait <= 0:
+                return
+            await self.app.clock.sleep_async(min(wait, RATE_WAIT_MAX))
+            run.check()
 
     @property
     def return_type(self) -> object:
@@ -137,13 +175,19 @@ class StepDefinition(Generic[P, R]):
         attempt = 0
         while True:
             attempt += 1
+            self._take_rate_sync(run, args, kwargs)
             started = run.log_step_started(ident, attempt)
             token = current_step.set(StepFrame(self.name, ident, seq, attempt, memo))
+            watchdog = run.watch_step(self, seq, ident, attempt) if self.timeout else None
             try:
                 value = self.fn(*args, **kwargs)
+                if watchdog is not None:
+                    watchdog.done()
                 text = run.encode_step_value(self, ident, value)
             except Exception as exc:
                 current_step.reset(token)
+                if watchdog is not None and watchdog.done():
+                    raise run.abandoned() from exc
                 delay = run.step_failed(self, seq, ident, attempt, exc)
                 if delay is None:
                     raise
@@ -194,10 +238,16 @@ class StepDefinition(Generic[P, R]):
         attempt = 0
         while True:
             attempt += 1
+            await self._take_rate_async(run, args, kwargs)
             started = run.log_step_started(ident, attempt)
             token = current_step.set(StepFrame(self.name, ident, seq, attempt, memo))
             try:
-                value = await cast(Any, self.fn)(*args, **kwargs)
+                if self.timeout is None:
+                    value = await cast(Any, self.fn)(*args, **kwargs)
+                else:
+                    value = await asyncio.wait_for(
+                        cast(Any, self.fn)(*args, **kwargs), self.timeout
+                    )
                 text = run.encode_step_value(self, ident, value)
             except Exception as exc:
                 current_step.reset(token)

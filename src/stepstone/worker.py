@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .context import logger
 from .errors import StoreError
 from .runner import execute_async, execute_sync
+from .schedule import keep_schedule
 from .store.base import ClaimedJob, IdleStatus
 
 #: How often an idle worker asks the store whether anything changed.
@@ -28,6 +29,7 @@ _CHANGE_CHECK_SECONDS = 0.005
 
 if TYPE_CHECKING:
     from .app import App
+    from .job import JobDefinition
 
 
 class _DaemonThreads:
@@ -92,6 +94,10 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self.claimed_total = 0
+        #: The names of the jobs with a concurrency limit (claimed under it).
+        self._limited = sorted(
+            name for name, definition in app.jobs.items() if definition.concurrency is not None
+        )
 
     # control ----------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -173,12 +179,23 @@ class Worker:
         unsubscribe = app.store.on_change(self.wake)
         rescue_every = min(max(app.lease / 4, 0.05), 5.0)
         next_rescue = 0.0
+        scheduled = [
+            app.jobs[name]
+            for name in names
+            if app.jobs[name].schedule is not None
+            and (self.queues is None or app.jobs[name].queue in self.queues)
+        ]
+        schedule_every = min(app.poll_interval, 1.0)
+        next_schedule = 0.0
         try:
             while not self._stop.is_set():
                 loop_now = self._loop.time()
                 if loop_now >= next_rescue:
                     next_rescue = loop_now + rescue_every
                     await self._rescue()
+                if scheduled and loop_now >= next_schedule:
+                    next_schedule = loop_now + schedule_every
+                    await self._keep_schedules(scheduled)
                 marker = (
                     None
                     if app.store.pushes_changes
@@ -279,6 +296,7 @@ class Worker:
                     limit=free,
                     now=now,
                     lease_until=now + app.lease,
+                    limited=self._limited,
                 )
             )
         except StoreError:
@@ -289,6 +307,19 @@ class Worker:
             return []
         self.claimed_total += len(claimed)
         return claimed
+
+    async def _keep_schedules(self, scheduled: list[JobDefinition[Any, Any]]) -> None:
+        """Enqueue the next tick of every cron job this worker serves."""
+        app = self.app
+        for definition in scheduled:
+            try:
+                await app._call_store(keep_schedule, app, definition, app.clock.now())
+            except StoreError:
+                logger.exception(
+                    "keeping the schedule of %s failed; retrying",
+                    definition.name,
+                    extra={"action": "worker.schedule_failed", "job": definition.name},
+                )
 
     async def _rescue(self) -> None:
         app = self.app

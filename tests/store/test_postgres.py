@@ -117,6 +117,11 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("updated_at", TIMESTAMP),
         _null("started_at", TIMESTAMP),
         _null("finished_at", TIMESTAMP),
+        _null("parent_id", "text"),
+        _null("wait_event", "text"),
+        _null("concurrency_key", "text"),
+        _null("concurrency_limit", "integer"),
+        _null("debounce_key", "text"),
     ),
     "checkpoints": (
         Column("job_id", "text"),
@@ -150,6 +155,21 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("error", "json"),
         Column("created_at", TIMESTAMP),
     ),
+    "signals": (
+        Column("id", "bigint", default="nextval('{schema}.signals_id_seq'::regclass)"),
+        Column("event", "text"),
+        Column("payload", "json"),
+        Column("created_at", TIMESTAMP),
+    ),
+    "schedules": (
+        Column("name", "text"),
+        Column("next_tick", TIMESTAMP),
+        Column("updated_at", TIMESTAMP),
+    ),
+    "rates": (
+        Column("key", "text"),
+        Column("tat", "double precision"),
+    ),
 }
 
 #: The view operators read jobs through: times as epoch seconds, JSON as text.
@@ -176,6 +196,8 @@ VIEWS: dict[str, tuple[Column, ...]] = {
             ("updated_at", "double precision"),
             ("started_at", "double precision"),
             ("finished_at", "double precision"),
+            ("parent_id", "text"),
+            ("wait_event", "text"),
         )
     ),
 }
@@ -188,6 +210,9 @@ KEYS = {
     ("checkpoints", "PRIMARY KEY", ("job_id", "seq")),
     ("errors", "PRIMARY KEY", ("id",)),
     ("memos", "PRIMARY KEY", ("key",)),
+    ("signals", "PRIMARY KEY", ("id",)),
+    ("schedules", "PRIMARY KEY", ("name",)),
+    ("rates", "PRIMARY KEY", ("key",)),
 }
 
 CHECKS = {
@@ -204,12 +229,20 @@ INDEXES = {
     "jobs_pkey": "CREATE UNIQUE INDEX jobs_pkey ON {schema}.jobs USING btree (id)",
     "jobs_key_key": "CREATE UNIQUE INDEX jobs_key_key ON {schema}.jobs USING btree (key)",
     "jobs_due": "CREATE INDEX jobs_due ON {schema}.jobs USING btree (priority DESC, run_at) "
-    "WHERE (state = 'queued'::text)",
+    "WHERE (state = ANY (ARRAY['queued'::text, 'waiting'::text]))",
     "jobs_leases": "CREATE INDEX jobs_leases ON {schema}.jobs USING btree (lease_expires_at) "
     "WHERE (state = 'running'::text)",
     "jobs_finished": "CREATE INDEX jobs_finished ON {schema}.jobs USING btree (finished_at) "
     "WHERE (finished_at IS NOT NULL)",
     "jobs_created": "CREATE INDEX jobs_created ON {schema}.jobs USING btree (created_at)",
+    "jobs_waiting": "CREATE INDEX jobs_waiting ON {schema}.jobs USING btree (wait_event) "
+    "WHERE (state = 'waiting'::text)",
+    "jobs_children": "CREATE INDEX jobs_children ON {schema}.jobs USING btree (parent_id) "
+    "WHERE (parent_id IS NOT NULL)",
+    "jobs_limited": "CREATE INDEX jobs_limited ON {schema}.jobs USING btree (concurrency_key) "
+    "WHERE ((state = 'running'::text) AND (concurrency_key IS NOT NULL))",
+    "jobs_debounce": "CREATE UNIQUE INDEX jobs_debounce ON {schema}.jobs "
+    "USING btree (debounce_key) WHERE ((state = 'queued'::text) AND (debounce_key IS NOT NULL))",
     "checkpoints_pkey": "CREATE UNIQUE INDEX checkpoints_pkey ON {schema}.checkpoints "
     "USING btree (job_id, seq)",
     "errors_pkey": "CREATE UNIQUE INDEX errors_pkey ON {schema}.errors USING btree (id)",
@@ -217,16 +250,25 @@ INDEXES = {
     "memos_pkey": "CREATE UNIQUE INDEX memos_pkey ON {schema}.memos USING btree (key)",
     "memos_expiry": "CREATE INDEX memos_expiry ON {schema}.memos USING btree (expires_at) "
     "WHERE (expires_at IS NOT NULL)",
+    "signals_pkey": "CREATE UNIQUE INDEX signals_pkey ON {schema}.signals USING btree (id)",
+    "signals_event": "CREATE INDEX signals_event ON {schema}.signals USING btree (event, id)",
+    "schedules_pkey": "CREATE UNIQUE INDEX schedules_pkey ON {schema}.schedules USING btree (name)",
+    "rates_pkey": "CREATE UNIQUE INDEX rates_pkey ON {schema}.rates USING btree (key)",
 }
 
-#: The trigger that wakes idle workers, and the function it runs.
+#: The trigger that wakes idle workers, the one that wakes the jobs waiting for a job that
+#: ended, and the functions they run.
 TRIGGERS = {
     "jobs_notify_queued": "CREATE TRIGGER jobs_notify_queued AFTER INSERT OR UPDATE OF state "
     "ON {schema}.jobs FOR EACH ROW WHEN ((new.state = 'queued'::text)) "
     "EXECUTE FUNCTION {schema}.notify_queued()",
+    "jobs_wake_waiters": "CREATE TRIGGER jobs_wake_waiters AFTER UPDATE OF state "
+    "ON {schema}.jobs FOR EACH ROW WHEN (((new.state = ANY (ARRAY['succeeded'::text, "
+    "'failed'::text, 'cancelled'::text])) AND (old.state IS DISTINCT FROM new.state))) "
+    "EXECUTE FUNCTION {schema}.wake_waiters()",
 }
-FUNCTIONS = {"notify_queued": "trigger"}
-SEQUENCES = {"errors_id_seq"}
+FUNCTIONS = {"notify_queued": "trigger", "wake_waiters": "trigger"}
+SEQUENCES = {"errors_id_seq", "signals_id_seq"}
 
 
 def _named(url: str, text: str | None) -> str | None:
@@ -298,8 +340,9 @@ def test_indexes_are_as_declared(migrated: str) -> None:
 
 
 def test_trigger_view_function_and_sequence_are_as_declared(migrated: str) -> None:
-    """The notify trigger, its function, the job_records view (its columns) and the error
-    ids' sequence are as declared, and nothing else lives in the schema."""
+    """The notify and wake triggers, their functions, the job_records view (its columns) and
+    the error and signal ids' sequences are as declared, and nothing else lives in the
+    schema."""
     schema = schema_of(migrated)
     triggers = catalogue(
         migrated,
@@ -573,11 +616,14 @@ def test_the_store_keeps_to_its_schema_beside_user_tables_of_the_same_names(
         app.close()
     counts = _store_tables(scratch_database, schema)
     assert counts == {
-        "migrations": 2,
+        "migrations": 3,
         "jobs": 1,
         "checkpoints": 2,
         "errors": 0,
         "memos": 0,
+        "signals": 0,
+        "schedules": 0,
+        "rates": 0,
         "job_records": 1,
     }
     assert _user_tables(scratch_database) == before

@@ -41,13 +41,24 @@ class Index:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """A trigger: its table and its definition, with runs of whitespace made single spaces."""
+
+    table: str
+    sql: str
+
+
+@dataclass(frozen=True)
 class Schema:
-    """Tables with their columns, named indexes, and the unique constraints on columns."""
+    """Tables with their columns, named indexes, the unique constraints on columns, the
+    tables without rowid, triggers, and every other named object (views...) by type."""
 
     tables: dict[str, tuple[Column, ...]]
     indexes: dict[str, Index]
     unique: frozenset[tuple[str, tuple[str, ...]]]
     without_rowid: frozenset[str]
+    triggers: dict[str, Trigger]
+    others: frozenset[tuple[str, str]]
 
 
 def _required(name: str, type_: str, default: str | None = None) -> Column:
@@ -82,6 +93,11 @@ SQLITE_SCHEMA = Schema(
             _required("updated_at", "REAL"),
             Column("started_at", "REAL"),
             Column("finished_at", "REAL"),
+            Column("parent_id", "TEXT"),
+            Column("wait_event", "TEXT"),
+            Column("concurrency_key", "TEXT"),
+            Column("concurrency_limit", "INTEGER"),
+            Column("debounce_key", "TEXT"),
         ),
         "stepstone_checkpoints": (
             Column("job_id", "TEXT", not_null=True, primary_key=1),
@@ -115,10 +131,25 @@ SQLITE_SCHEMA = Schema(
             _required("error", "TEXT"),
             _required("created_at", "REAL"),
         ),
+        "stepstone_signals": (
+            Column("id", "INTEGER", primary_key=1),
+            _required("event", "TEXT"),
+            _required("payload", "TEXT"),
+            _required("created_at", "REAL"),
+        ),
+        "stepstone_schedules": (
+            Column("name", "TEXT", not_null=True, primary_key=1),
+            _required("next_tick", "REAL"),
+            _required("updated_at", "REAL"),
+        ),
+        "stepstone_rates": (
+            Column("key", "TEXT", not_null=True, primary_key=1),
+            _required("tat", "REAL"),
+        ),
     },
     indexes={
         "stepstone_jobs_due": Index(
-            "stepstone_jobs", ("priority DESC", "run_at"), where="state = 'queued'"
+            "stepstone_jobs", ("priority DESC", "run_at"), where="state IN ('queued', 'waiting')"
         ),
         "stepstone_jobs_leases": Index(
             "stepstone_jobs", ("lease_expires_at",), where="state = 'running'"
@@ -127,13 +158,46 @@ SQLITE_SCHEMA = Schema(
             "stepstone_jobs", ("finished_at",), where="finished_at IS NOT NULL"
         ),
         "stepstone_jobs_created": Index("stepstone_jobs", ("created_at",)),
+        "stepstone_jobs_waiting": Index(
+            "stepstone_jobs", ("wait_event",), where="state = 'waiting'"
+        ),
+        "stepstone_jobs_children": Index(
+            "stepstone_jobs", ("parent_id",), where="parent_id IS NOT NULL"
+        ),
+        "stepstone_jobs_limited": Index(
+            "stepstone_jobs",
+            ("concurrency_key",),
+            where="state = 'running' AND concurrency_key IS NOT NULL",
+        ),
+        "stepstone_jobs_debounce": Index(
+            "stepstone_jobs",
+            ("debounce_key",),
+            unique=True,
+            where="state = 'queued' AND debounce_key IS NOT NULL",
+        ),
         "stepstone_errors_job": Index("stepstone_errors", ("job_id", "id")),
         "stepstone_memos_expiry": Index(
             "stepstone_memos", ("expires_at",), where="expires_at IS NOT NULL"
         ),
+        "stepstone_signals_event": Index("stepstone_signals", ("event", "id")),
     },
     unique=frozenset({("stepstone_jobs", ("key",))}),
-    without_rowid=frozenset({"stepstone_checkpoints", "stepstone_memos"}),
+    without_rowid=frozenset(
+        {"stepstone_checkpoints", "stepstone_memos", "stepstone_schedules", "stepstone_rates"}
+    ),
+    triggers={
+        "stepstone_jobs_wake_waiters": Trigger(
+            "stepstone_jobs",
+            "CREATE TRIGGER stepstone_jobs_wake_waiters "
+            "AFTER UPDATE OF state ON stepstone_jobs "
+            "WHEN NEW.state IN ('succeeded', 'failed', 'cancelled') AND OLD.state <> NEW.state "
+            "BEGIN UPDATE stepstone_jobs "
+            "SET state = 'queued', run_at = NEW.updated_at, updated_at = NEW.updated_at "
+            "WHERE state = 'waiting' AND wait_event = 'stepstone.job:' || NEW.id; END",
+        ),
+    },
+    # AUTOINCREMENT on stepstone_signals.id keeps its counter in sqlite_sequence.
+    others=frozenset({("table", "sqlite_sequence")}),
 )
 
 
@@ -145,6 +209,19 @@ def read_sqlite_schema(path: Path) -> Schema:
         indexes: dict[str, Index] = {}
         unique: set[tuple[str, tuple[str, ...]]] = set()
         without_rowid: set[str] = set()
+        triggers = {
+            name: Trigger(table, " ".join(sql.split()))
+            for name, table, sql in conn.execute(
+                "SELECT name, tbl_name, sql FROM sqlite_schema WHERE type = 'trigger'"
+            )
+        }
+        others = frozenset(
+            conn.execute(
+                "SELECT type, name FROM sqlite_schema WHERE NOT (type = 'trigger' "
+                "OR (type = 'table' AND name LIKE 'stepstone\\_%' ESCAPE '\\') "
+                "OR (type = 'index' AND tbl_name LIKE 'stepstone\\_%' ESCAPE '\\'))"
+            ).fetchall()
+        )
         rows = conn.execute(
             "SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
             "AND name NOT LIKE 'sqlite_%' ORDER BY name"
@@ -177,7 +254,9 @@ def read_sqlite_schema(path: Path) -> Schema:
                         bool(is_unique),
                         " ".join(where[1].split()) if where else None,
                     )
-        return Schema(tables, indexes, frozenset(unique), frozenset(without_rowid))
+        return Schema(
+            tables, indexes, frozenset(unique), frozenset(without_rowid), triggers, others
+        )
     finally:
         conn.close()
 
@@ -201,6 +280,14 @@ def test_sqlite_indexes_are_as_declared(sqlite_path: Path) -> None:
     assert schema.indexes == SQLITE_SCHEMA.indexes
     assert schema.unique == SQLITE_SCHEMA.unique
     assert schema.without_rowid == SQLITE_SCHEMA.without_rowid
+
+
+def test_sqlite_triggers_and_other_objects_are_as_declared(sqlite_path: Path) -> None:
+    """The migrations create exactly the declared triggers (the one that wakes the jobs
+    waiting for a job that ended), and no other objects (views, foreign tables...)."""
+    schema = read_sqlite_schema(sqlite_path)
+    assert schema.triggers == SQLITE_SCHEMA.triggers
+    assert schema.others == SQLITE_SCHEMA.others
 
 
 def test_sqlite_every_migration_is_recorded(sqlite_path: Path) -> None:

@@ -39,6 +39,11 @@ FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 #: of up to about 2,700 bytes; one limit keeps both stores alike).
 MAX_KEY_BYTES = 1000
 
+#: The run_at of a job that waits with no time limit (the year 3000).
+WAIT_FOREVER = 32_503_680_000.0
+#: The wait event of a job waiting for another job to finish.
+JOB_EVENT_PREFIX = "stepstone.job:"
+
 #: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
 POISON_RECLAIMS = 5
 
@@ -72,6 +77,13 @@ class NewJob:
     args: str
     priority: int
     run_at: float
+    #: The job that enqueued this one from its own code (a child job).
+    parent_id: str | None = None
+    #: At most ``concurrency_limit`` jobs with this key run at once (with a live lease).
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    #: A later enqueue with this key replaces this job while it is queued.
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +109,9 @@ class JobRecord:
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    parent_id: str | None = None
+    #: What a waiting job waits for (an event, or ``stepstone.job:<id>``).
+    wait_event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,9 @@ class ClaimedJob:
     fence: int
     attempt: int
     priority: int
+    created_at: float = 0.0
+    #: When the job first started (its timeout counts from here).
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,17 +289,22 @@ class Store(abc.ABC):
         limit: int,
         now: float,
         lease_until: float,
+        limited: Sequence[str] = (),
     ) -> list[ClaimedJob]:
-        """Claim up to ``limit`` queued jobs that are due, highest priority then oldest first.
+        """Claim up to ``limit`` due jobs (queued, or waiting whose time came), highest
+        priority then oldest first, keeping every concurrency key under its limit.
 
         Each claim bumps the job's fence. A job that is not a replay counts a new attempt.
+        ``limited`` names the jobs that have a concurrency limit (a hint: a store may claim
+        them in a slower, locked way).
         """
 
     @abc.abstractmethod
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
-        """Claim this one job if it is queued (whatever its ``run_at``); else None."""
+        """Claim this one job if it is queued or waiting (whatever its ``run_at``) and its
+        concurrency key is under its limit; else None."""
 
     @abc.abstractmethod
     def job_idle_status(
@@ -321,7 +344,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def job_cancel(self, job_id: str, *, now: float) -> bool:
-        """Cancel an unfinished job; False if it had finished. ``JobNotFound`` if unknown."""
+        """Cancel an unfinished job and, recursively, the unfinished jobs it enqueued; False
+        if it had finished. ``JobNotFound`` if unknown."""
 
     @abc.abstractmethod
     def job_requeue(self, job_id: str, *, now: float) -> bool:
@@ -330,6 +354,62 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
         """Delete finished jobs (with their history) older than ``finished_before``."""
+
+    # parking, signals, schedules, rates ----------------------------------------------------
+    @abc.abstractmethod
+    def job_park(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        until: float,
+        event: str | None,
+        signal_after: int = 0,
+        child: str | None = None,
+        now: float,
+    ) -> None:
+        """Park a running job (``waiting``) until ``until``, or until ``event`` is signalled
+        (a signal newer than ``signal_after`` and than the job), or until job ``child``
+        finishes. If that has already happened, the job is due at once. Its lease is
+        given up; the next claim replays it (no new attempt). Fenced."""
+
+    @abc.abstractmethod
+    def signal_send(self, event: str, payload: str, *, now: float) -> int:
+        """Store a signal and wake the jobs waiting for its event; return how many woke."""
+
+    @abc.abstractmethod
+    def signal_next(self, event: str, *, after: int, since: float) -> tuple[int, str] | None:
+        """The oldest signal of ``event`` with an id above ``after``, sent at or after
+        ``since``: (id, payload)."""
+
+    @abc.abstractmethod
+    def signal_prune(self, *, before: float) -> int:
+        """Delete signals sent before ``before``."""
+
+    @abc.abstractmethod
+    def job_debounce(self, job: NewJob, *, now: float) -> InsertResult:
+        """Replace the queued job with ``job.debounce_key`` (its arguments, due time,
+        queue, priority), or insert ``job`` if there is none."""
+
+    @abc.abstractmethod
+    def schedule_next(self, name: str) -> float | None:
+        """The next tick recorded for a cron job."""
+
+    @abc.abstractmethod
+    def schedule_advance(
+        self, name: str, *, expected: float | None, tick: float, now: float
+    ) -> bool:
+        """Record ``tick`` as the cron job's next tick if the recorded one is still
+        ``expected`` (None: none recorded); False if another worker moved it first."""
+
+    @abc.abstractmethod
+    def schedule_list(self) -> list[tuple[str, float]]:
+        """Every cron job's next tick, by name."""
+
+    @abc.abstractmethod
+    def rate_acquire(self, key: str, *, limit: int, per: float, now: float) -> float:
+        """Take one call of ``limit`` per ``per`` seconds under ``key``: 0.0 if taken, else
+        the seconds to wait before asking again (nothing is taken)."""
 
     # checkpoints and errors -------------------------------------------------------------
     @abc.abstractmethod
@@ -448,8 +528,10 @@ class Store(abc.ABC):
 
 __all__ = [
     "FINISHED_STATES",
+    "JOB_EVENT_PREFIX",
     "MAX_KEY_BYTES",
     "POISON_RECLAIMS",
+    "WAIT_FOREVER",
     "Checkpoint",
     "ClaimedJob",
     "ErrorRecord",

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from ..errors import JobNotFound, StepstoneError, StoreError
 from . import rows
 from .base import (
+    JOB_EVENT_PREFIX,
     POISON_RECLAIMS,
     Checkpoint,
     ClaimedJob,
@@ -64,6 +65,8 @@ logger = logging.getLogger("stepstone")
 
 _QUERIES = load_queries("postgres")
 _DEFAULT_SCHEMA = "stepstone"
+#: How many due limited jobs beyond the claim's limit a claim locks and looks at.
+LIMIT_SCAN = 100
 #: What libpq says when the server is away for now rather than the URL being wrong.
 _SERVER_AWAY = ("Connection refused", "starting up", "shutting down", "in recovery")
 
@@ -421,6 +424,7 @@ class PostgresStore(Store):
         limit: int,
         now: float,
         lease_until: float,
+        limited: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         params = {
             **_filters(names, queues),
@@ -429,13 +433,46 @@ class PostgresStore(Store):
             "now": now,
             "lease_until": lease_until,
         }
-        return rows.claimed_jobs(self._fetch("job_claim_due", params))
+        claimed = rows.claimed_jobs(self._fetch("job_claim_due", params))
+        if limited and len(claimed) < limit:
+            params = {**params, "limit": limit - len(claimed), "limited": list(limited)}
+            claimed += self._claim_limited(params)
+        return claimed
+
+    def _claim_limited(self, params: dict[str, Any]) -> list[ClaimedJob]:
+        """Claim jobs with concurrency limits: lock the keys (a transaction-level advisory
+        lock each, skipping keys another claimer holds), then count and claim in a new
+        statement, which sees every claim committed before the locks were taken."""
+
+        def claim(conn: psycopg.Connection[Row], _retried: bool) -> list[Row]:
+            with conn.transaction():
+                keys = [row["key"] for row in conn.execute(self.Q["limited_due_keys"], params)]
+                if not keys:
+                    return []
+                locked = [
+                    row["key"]
+                    for row in conn.execute(self.Q["limit_locks"], {"keys": sorted(keys)})
+                ]
+                if not locked:
+                    return []
+                found = {**params, "keys": locked, "scan": params["limit"] + LIMIT_SCAN}
+                return conn.execute(self.Q["job_claim_limited"], found).fetchall()
+
+        return rows.claimed_jobs(self._run(claim))
 
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
         params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
-        claimed = rows.claimed_jobs(self._fetch("job_claim", params))
+
+        def claim(conn: psycopg.Connection[Row], _retried: bool) -> list[Row]:
+            with conn.transaction():
+                row = conn.execute(self.Q["job_limit_key"], params).fetchone()
+                if row is not None and row["concurrency_key"] is not None:
+                    conn.execute(self.Q["limit_lock"], {"key": row["concurrency_key"]})
+                return conn.execute(self.Q["job_claim"], params).fetchall()
+
+        claimed = rows.claimed_jobs(self._run(claim))
         return claimed[0] if claimed else None
 
     def job_idle_status(
@@ -572,7 +609,8 @@ class PostgresStore(Store):
 
     def job_cancel(self, job_id: str, *, now: float) -> bool:
         def cancel(conn: psycopg.Connection[Row], _retried: bool) -> bool:
-            if conn.execute(self.Q["job_cancel"], {"id": job_id, "now": now}).rowcount:
+            found = conn.execute(self.Q["job_cancel"], {"id": job_id, "now": now}).fetchall()
+            if any(row["id"] == job_id for row in found):
                 return True
             if conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone() is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
@@ -596,6 +634,112 @@ class PostgresStore(Store):
     def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
         params = {"before": finished_before, "limit": limit}
         return int(self._run(lambda conn, _r: conn.execute(self.Q["job_prune"], params).rowcount))
+
+    # parking, signals, schedules, rates ----------------------------------------------------
+    def job_park(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        until: float,
+        event: str | None,
+        signal_after: int = 0,
+        child: str | None = None,
+        now: float,
+    ) -> None:
+        params = {
+            "id": job_id,
+            "fence": fence,
+            "until": until,
+            "event": f"{JOB_EVENT_PREFIX}{child}" if child is not None else event,
+            "signal_event": event if child is None else None,
+            "after": signal_after,
+            "child": child,
+            "now": now,
+        }
+
+        def park(conn: psycopg.Connection[Row], retried: bool) -> None:
+            with conn.transaction():
+                # Serialise with the signal or the child's end, so that neither is missed:
+                # the park statement (a new snapshot) then sees whichever came first.
+                if child is not None:
+                    conn.execute(self.Q["child_lock"], params)
+                elif event is not None:
+                    conn.execute(self.Q["event_lock"], {"event": event})
+                if conn.execute(self.Q["job_park"], params).rowcount == 1:
+                    return
+                row = conn.execute(self.Q["job_owner"], {"id": job_id}).fetchone()
+            parked = ("waiting", "queued")
+            if retried and row is not None and row["fence"] == fence and row["state"] in parked:
+                return  # the earlier try parked it before its connection broke
+            raise rows.refusal(job_id, fence, row)
+
+        self._run(park)
+
+    def signal_send(self, event: str, payload: str, *, now: float) -> int:
+        params = {"event": event, "payload": payload, "now": now}
+
+        def send(conn: psycopg.Connection[Row], _retried: bool) -> int:
+            with conn.transaction():
+                conn.execute(self.Q["event_lock"], params)
+                conn.execute(self.Q["signal_insert"], params)
+                return int(conn.execute(self.Q["signal_wake"], params).rowcount)
+
+        return self._run(send)
+
+    def signal_next(self, event: str, *, after: int, since: float) -> tuple[int, str] | None:
+        found = self._fetch("signal_next", {"event": event, "after": after, "since": since})
+        return (int(found[0]["id"]), str(found[0]["payload"])) if found else None
+
+    def signal_prune(self, *, before: float) -> int:
+        params = {"before": before}
+        return int(
+            self._run(lambda conn, _r: conn.execute(self.Q["signal_prune"], params).rowcount)
+        )
+
+    def job_debounce(self, job: NewJob, *, now: float) -> InsertResult:
+        params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+
+        def debounce(conn: psycopg.Connection[Row], _retried: bool) -> InsertResult:
+            while True:
+                with conn.transaction():
+                    row = conn.execute(self.Q["job_debounce"], params).fetchone()
+                    if row is not None:
+                        record = conn.execute(self.Q["job_get"], {"id": row["id"]}).fetchone()
+                        assert record is not None
+                        return InsertResult(rows.job_record(record), created=False)
+                    if conn.execute(self.Q["job_debounce_insert"], params).rowcount == 1:
+                        return InsertResult(rows.inserted_record(params), created=True)
+                # another enqueue inserted the key's job meanwhile: replace that one
+
+        return self._run(debounce)
+
+    def schedule_next(self, name: str) -> float | None:
+        found = self._fetch("schedule_next", {"name": name})
+        return float(found[0]["next_tick"]) if found else None
+
+    def schedule_advance(
+        self, name: str, *, expected: float | None, tick: float, now: float
+    ) -> bool:
+        query = "schedule_insert" if expected is None else "schedule_update"
+        params = {"name": name, "expected": expected, "tick": tick, "now": now}
+        return bool(self._run(lambda conn, _r: conn.execute(self.Q[query], params).rowcount) == 1)
+
+    def schedule_list(self) -> list[tuple[str, float]]:
+        return [(row["name"], float(row["next_tick"])) for row in self._fetch("schedule_list", {})]
+
+    def rate_acquire(self, key: str, *, limit: int, per: float, now: float) -> float:
+        def acquire(conn: psycopg.Connection[Row], _retried: bool) -> float:
+            with conn.transaction():
+                conn.execute(self.Q["rate_lock"], {"key": key})
+                row = conn.execute(self.Q["rate_get"], {"key": key}).fetchone()
+                tat = float(row["tat"]) if row and row["tat"] else None
+                wait, new = rows.gcra(tat, limit=limit, per=per, now=now)
+                if new is not None:
+                    conn.execute(self.Q["rate_set"], {"key": key, "tat": new})
+                return wait
+
+        return self._run(acquire)
 
     # checkpoints and errors -------------------------------------------------------------
     def checkpoint_list(self, job_id: str) -> list[Checkpoint]:

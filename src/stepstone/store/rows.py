@@ -45,6 +45,8 @@ def job_record(row: Row) -> JobRecord:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        parent_id=row["parent_id"],
+        wait_event=row["wait_event"],
     )
 
 
@@ -61,6 +63,8 @@ def claimed_jobs(rows: Iterable[Row]) -> list[ClaimedJob]:
             fence=row["fence"],
             attempt=row["attempts"],
             priority=row["priority"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
         )
         for row in ordered
     ]
@@ -91,6 +95,18 @@ def memo_record(row: Row) -> MemoRecord:
         updated_at=row["updated_at"],
         owner_alive=bool(row["owner_alive"]),
     )
+
+
+def gcra(tat: float | None, *, limit: int, per: float, now: float) -> tuple[float, float | None]:
+    """The generic cell rate algorithm: ``limit`` calls per ``per`` seconds, bursts of up to
+    ``limit``. Given the stored theoretical arrival time, returns (seconds to wait, new
+    tat): a wait of 0.0 means the call is allowed and the new tat is to be stored."""
+    interval = per / limit
+    tolerance = per - interval
+    current = now if tat is None else max(tat, now)
+    if current - now > tolerance + 1e-9:
+        return current - tolerance - now, None
+    return 0.0, current + interval
 
 
 def memo_decision(found: MemoRecord | None, job_id: str, fence: int, now: float) -> MemoClaim:
@@ -139,6 +155,10 @@ def insert_params(
         "lease_until": lease_until if claimed else None,
         "started_at": now if claimed else None,
         "now": now,
+        "parent_id": job.parent_id,
+        "concurrency_key": job.concurrency_key,
+        "concurrency_limit": job.concurrency_limit,
+        "debounce_key": job.debounce_key,
     }
 
 
@@ -164,6 +184,7 @@ def inserted_record(params: Mapping[str, Any]) -> JobRecord:
         updated_at=params["now"],
         started_at=params["started_at"],
         finished_at=None,
+        parent_id=params["parent_id"],
     )
 
 
@@ -243,6 +264,7 @@ __all__ = [
     "duplicate_checkpoint",
     "error_params",
     "error_record",
+    "gcra",
     "insert_params",
     "inserted_record",
     "job_record",

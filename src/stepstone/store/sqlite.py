@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import JobNotFound, StepstoneError, StoreError
 from . import rows
 from .base import (
+    JOB_EVENT_PREFIX,
     POISON_RECLAIMS,
     Checkpoint,
     ClaimedJob,
@@ -40,6 +41,9 @@ from .queries import load_migrations, load_queries
 
 Q = load_queries("sqlite")
 _LOCKED_RETRY_SECONDS = 30.0
+#: How many due jobs beyond the claim's limit a claim looks at, to find some whose
+#: concurrency key is under its limit.
+CLAIM_SCAN = 100
 
 
 class StepConnection(sqlite3.Connection):
@@ -321,25 +325,27 @@ class SQLiteStore(Store):
         limit: int,
         now: float,
         lease_until: float,
+        limited: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         params = {
             "owner": owner,
             "names": json.dumps(list(names)),
             "queues": json.dumps(list(queues)) if queues is not None else None,
             "limit": limit,
+            "scan": limit + CLAIM_SCAN,
             "now": now,
             "lease_until": lease_until,
         }
-        with self._lock, self._translate():  # one statement: its own transaction
-            found = self._write.execute(Q["job_claim_due"], params).fetchall()
+        with self._writing(durable=False) as conn:
+            found = conn.execute(Q["job_claim_due"], params).fetchall()
         return rows.claimed_jobs(found)
 
     def job_claim(
         self, job_id: str, *, owner: str, now: float, lease_until: float
     ) -> ClaimedJob | None:
         params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
-        with self._lock, self._translate():
-            found = self._write.execute(Q["job_claim"], params).fetchall()
+        with self._writing(durable=False) as conn:
+            found = conn.execute(Q["job_claim"], params).fetchall()
         claimed = rows.claimed_jobs(found)
         return claimed[0] if claimed else None
 
@@ -447,7 +453,10 @@ class SQLiteStore(Store):
 
     def job_cancel(self, job_id: str, *, now: float) -> bool:
         with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_cancel"], {"id": job_id, "now": now}).rowcount:
+            cancelled = {
+                row[0] for row in conn.execute(Q["job_cancel"], {"id": job_id, "now": now})
+            }
+            if job_id in cancelled:
                 return True
             if conn.execute(Q["job_owner"], {"id": job_id}).fetchone() is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
@@ -475,6 +484,84 @@ class SQLiteStore(Store):
                 conn.execute(Q["error_delete_job"], {"job_id": job_id})
                 conn.execute(Q["job_delete"], {"id": job_id})
         return len(ids)
+
+    # parking, signals, schedules, rates ----------------------------------------------------
+    def job_park(
+        self,
+        job_id: str,
+        fence: int,
+        *,
+        until: float,
+        event: str | None,
+        signal_after: int = 0,
+        child: str | None = None,
+        now: float,
+    ) -> None:
+        with self._writing(durable=False) as conn:
+            ready = False
+            if child is not None:
+                ready = bool(conn.execute(Q["park_child_ready"], {"child": child}).fetchone()[0])
+            elif event is not None:
+                params = {"event": event, "after": signal_after, "id": job_id}
+                ready = bool(conn.execute(Q["park_signal_ready"], params).fetchone()[0])
+            params = {
+                "id": job_id,
+                "fence": fence,
+                "ready": ready,
+                "until": until,
+                "event": f"{JOB_EVENT_PREFIX}{child}" if child is not None else event,
+                "now": now,
+            }
+            if conn.execute(Q["job_park"], params).rowcount != 1:
+                raise self._refuse(conn, job_id, fence)
+
+    def signal_send(self, event: str, payload: str, *, now: float) -> int:
+        params = {"event": event, "payload": payload, "now": now}
+        with self._writing(durable=True) as conn:
+            conn.execute(Q["signal_insert"], params)
+            return int(conn.execute(Q["signal_wake"], params).rowcount)
+
+    def signal_next(self, event: str, *, after: int, since: float) -> tuple[int, str] | None:
+        found = self._read(Q["signal_next"], {"event": event, "after": after, "since": since})
+        return (int(found[0]["id"]), str(found[0]["payload"])) if found else None
+
+    def signal_prune(self, *, before: float) -> int:
+        with self._writing(durable=False) as conn:
+            return int(conn.execute(Q["signal_prune"], {"before": before}).rowcount)
+
+    def job_debounce(self, job: NewJob, *, now: float) -> InsertResult:
+        params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
+        with self._writing(durable=True) as conn:
+            row = conn.execute(Q["job_debounce"], params).fetchone()
+            if row is not None:
+                return InsertResult(rows.job_record(row), created=False)
+            conn.execute(Q["job_insert"], params)
+        return InsertResult(rows.inserted_record(params), created=True)
+
+    def schedule_next(self, name: str) -> float | None:
+        found = self._read(Q["schedule_next"], {"name": name})
+        return float(found[0]["next_tick"]) if found else None
+
+    def schedule_advance(
+        self, name: str, *, expected: float | None, tick: float, now: float
+    ) -> bool:
+        params = {"name": name, "expected": expected, "tick": tick, "now": now}
+        with self._writing(durable=True) as conn:
+            query = Q["schedule_insert"] if expected is None else Q["schedule_update"]
+            return conn.execute(query, params).rowcount == 1
+
+    def schedule_list(self) -> list[tuple[str, float]]:
+        return [
+            (row["name"], float(row["next_tick"])) for row in self._read(Q["schedule_list"], {})
+        ]
+
+    def rate_acquire(self, key: str, *, limit: int, per: float, now: float) -> float:
+        with self._writing(durable=False) as conn:
+            row = conn.execute(Q["rate_get"], {"key": key}).fetchone()
+            wait, tat = rows.gcra(row["tat"] if row else None, limit=limit, per=per, now=now)
+            if tat is not None:
+                conn.execute(Q["rate_set"], {"key": key, "tat": tat})
+        return wait
 
     # checkpoints and errors -------------------------------------------------------------
     def checkpoint_list(self, job_id: str) -> list[Checkpoint]:

@@ -5,12 +5,14 @@
 -- name: job_insert
 INSERT INTO {schema}.jobs
     (id, name, queue, key, args, state, priority, run_at, fence, attempts,
-     lease_owner, lease_expires_at, created_at, updated_at, started_at)
+     lease_owner, lease_expires_at, created_at, updated_at, started_at,
+     parent_id, concurrency_key, concurrency_limit, debounce_key)
 VALUES
     (%(id)s, %(name)s, %(queue)s, %(key)s, %(args)s, %(state)s, %(priority)s,
      to_timestamp(%(run_at)s), %(fence)s, %(attempts)s, %(owner)s,
      to_timestamp(%(lease_until)s), to_timestamp(%(now)s), to_timestamp(%(now)s),
-     to_timestamp(%(started_at)s))
+     to_timestamp(%(started_at)s),
+     %(parent_id)s, %(concurrency_key)s, %(concurrency_limit)s, %(debounce_key)s)
 ON CONFLICT (key) DO NOTHING;
 
 -- name: job_get
@@ -27,11 +29,13 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: job_claim_due
+-- Jobs without a concurrency limit; limited ones are claimed by job_claim_limited.
 WITH due AS (
     SELECT id FROM {schema}.jobs
-    WHERE state = 'queued' AND run_at <= to_timestamp(%(now)s)
+    WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
       AND name = ANY(%(names)s::text[])
       AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
+      AND concurrency_key IS NULL
     ORDER BY priority DESC, run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
@@ -39,32 +43,103 @@ UPDATE {schema}.jobs AS j
 SET state = 'running', fence = j.fence + 1,
     attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
     lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
-    updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s))
+    updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
+    wait_event = NULL
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempts, j.priority,
-          extract(epoch FROM j.run_at)::float8 AS run_at;
+          extract(epoch FROM j.run_at)::float8 AS run_at,
+          extract(epoch FROM j.created_at)::float8 AS created_at,
+          extract(epoch FROM j.started_at)::float8 AS started_at;
+
+-- name: limited_due_keys
+-- The concurrency keys of due limited jobs that are below their limit.
+SELECT DISTINCT j.concurrency_key AS key FROM {schema}.jobs AS j
+WHERE j.state IN ('queued', 'waiting') AND j.run_at <= to_timestamp(%(now)s)
+  AND j.name = ANY(%(limited)s::text[])
+  AND (%(any_queue)s OR j.queue = ANY(%(queues)s::text[]))
+  AND j.concurrency_key IS NOT NULL
+  AND (SELECT count(*) FROM {schema}.jobs AS r
+       WHERE r.state = 'running' AND r.concurrency_key = j.concurrency_key
+         AND r.lease_expires_at >= to_timestamp(%(now)s)) < j.concurrency_limit
+LIMIT 100;
+
+-- name: limit_locks
+-- Transaction-level locks on the keys no other claimer holds; the claim that follows (a
+-- new statement, so a new snapshot) counts their running jobs exactly.
+SELECT key FROM unnest(%(keys)s::text[]) AS key
+WHERE pg_try_advisory_xact_lock(hashtext('stepstone-limit:' || key));
+
+-- name: job_claim_limited
+WITH running AS (
+    SELECT concurrency_key, count(*) AS n FROM {schema}.jobs
+    WHERE state = 'running' AND concurrency_key = ANY(%(keys)s::text[])
+      AND lease_expires_at >= to_timestamp(%(now)s)
+    GROUP BY concurrency_key),
+candidates AS (
+    SELECT id, priority, run_at, concurrency_key, concurrency_limit FROM {schema}.jobs
+    WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
+      AND name = ANY(%(names)s::text[])
+      AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
+      AND concurrency_key = ANY(%(keys)s::text[])
+    ORDER BY priority DESC, run_at
+    LIMIT %(scan)s
+    FOR UPDATE SKIP LOCKED),
+ranked AS (
+    SELECT c.*, row_number() OVER (
+        PARTITION BY c.concurrency_key ORDER BY c.priority DESC, c.run_at) AS rank
+    FROM candidates AS c),
+due AS (
+    SELECT ranked.id FROM ranked LEFT JOIN running USING (concurrency_key)
+    WHERE ranked.rank + coalesce(running.n, 0) <= ranked.concurrency_limit
+    ORDER BY ranked.priority DESC, ranked.run_at
+    LIMIT %(limit)s)
+UPDATE {schema}.jobs AS j
+SET state = 'running', fence = j.fence + 1,
+    attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
+    lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
+    updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
+    wait_event = NULL
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempts, j.priority,
+          extract(epoch FROM j.run_at)::float8 AS run_at,
+          extract(epoch FROM j.created_at)::float8 AS created_at,
+          extract(epoch FROM j.started_at)::float8 AS started_at;
+
+-- name: job_limit_key
+SELECT concurrency_key FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: limit_lock
+SELECT pg_advisory_xact_lock(hashtext('stepstone-limit:' || %(key)s));
 
 -- name: job_claim
 UPDATE {schema}.jobs AS j
 SET state = 'running', fence = j.fence + 1,
     attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
     lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
-    updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s))
-WHERE j.id = %(id)s AND j.state = 'queued'
+    updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
+    wait_event = NULL
+WHERE j.id = %(id)s AND j.state IN ('queued', 'waiting')
+  AND (j.concurrency_key IS NULL
+       OR (SELECT count(*) FROM {schema}.jobs AS r
+           WHERE r.state = 'running' AND r.concurrency_key = j.concurrency_key
+             AND r.lease_expires_at >= to_timestamp(%(now)s)) < j.concurrency_limit)
 RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempts, j.priority,
-          extract(epoch FROM j.run_at)::float8 AS run_at;
+          extract(epoch FROM j.run_at)::float8 AS run_at,
+          extract(epoch FROM j.created_at)::float8 AS created_at,
+          extract(epoch FROM j.started_at)::float8 AS started_at;
 
 -- name: job_idle_status
 SELECT
     EXISTS (SELECT 1 FROM {schema}.jobs
-            WHERE state = 'queued' AND run_at <= to_timestamp(%(now)s)
+            WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
               AND name = ANY(%(names)s::text[]) AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))) AS due,
     (SELECT count(*) FROM {schema}.jobs
      WHERE state = 'running'
        AND name = ANY(%(names)s::text[]) AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))) AS running,
     (SELECT extract(epoch FROM min(run_at))::float8 FROM {schema}.jobs
-     WHERE state = 'queued'
+     WHERE state IN ('queued', 'waiting')
        AND name = ANY(%(names)s::text[]) AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))) AS next_run_at;
 
 -- name: job_heartbeat
@@ -123,10 +198,16 @@ SET state = 'queued', replay = true, run_at = to_timestamp(%(now)s), lease_owner
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
 -- name: job_cancel
+-- The job and, recursively, every unfinished job it enqueued.
+WITH RECURSIVE family (id) AS (
+    SELECT %(id)s::text
+    UNION
+    SELECT child.id FROM {schema}.jobs AS child JOIN family ON child.parent_id = family.id)
 UPDATE {schema}.jobs
 SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
     updated_at = to_timestamp(%(now)s), finished_at = to_timestamp(%(now)s)
-WHERE id = %(id)s AND state IN ('queued', 'running', 'waiting');
+WHERE id IN (SELECT id FROM family) AND state IN ('queued', 'running', 'waiting')
+RETURNING id;
 
 -- name: job_requeue
 UPDATE {schema}.jobs
@@ -293,3 +374,88 @@ SELECT * FROM {schema}.job_records WHERE id = ANY(%(ids)s::text[])
 UNION ALL
 SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[])
   AND NOT id = ANY(%(ids)s::text[]);
+
+-- name: event_lock
+SELECT pg_advisory_xact_lock(hashtext('stepstone-event:' || %(event)s));
+
+-- name: child_lock
+SELECT state FROM {schema}.jobs WHERE id = %(child)s FOR SHARE;
+
+-- name: job_park
+UPDATE {schema}.jobs AS j
+SET state = CASE WHEN ready.ready THEN 'queued' ELSE 'waiting' END,
+    run_at = to_timestamp(CASE WHEN ready.ready THEN %(now)s ELSE %(until)s END),
+    wait_event = %(event)s, replay = true, reclaims = 0, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = to_timestamp(%(now)s)
+FROM (SELECT
+        (%(signal_event)s::text IS NOT NULL AND EXISTS (
+            SELECT 1 FROM {schema}.signals AS s
+            WHERE s.event = %(signal_event)s AND s.id > %(after)s
+              AND s.created_at >= (SELECT created_at FROM {schema}.jobs WHERE id = %(id)s)))
+        OR (%(child)s::text IS NOT NULL AND EXISTS (
+            SELECT 1 FROM {schema}.jobs AS c
+            WHERE c.id = %(child)s AND c.state IN ('succeeded', 'failed', 'cancelled')))
+        AS ready) AS ready
+WHERE j.id = %(id)s AND j.fence = %(fence)s AND j.state = 'running';
+
+-- name: signal_insert
+INSERT INTO {schema}.signals (event, payload, created_at)
+VALUES (%(event)s, %(payload)s, to_timestamp(%(now)s));
+
+-- name: signal_wake
+UPDATE {schema}.jobs
+SET state = 'queued', run_at = to_timestamp(%(now)s), updated_at = to_timestamp(%(now)s)
+WHERE state = 'waiting' AND wait_event = %(event)s;
+
+-- name: signal_next
+SELECT id, payload::text AS payload FROM {schema}.signals
+WHERE event = %(event)s AND id > %(after)s AND created_at >= to_timestamp(%(since)s)
+ORDER BY id
+LIMIT 1;
+
+-- name: signal_prune
+DELETE FROM {schema}.signals WHERE created_at < to_timestamp(%(before)s);
+
+-- name: job_debounce
+UPDATE {schema}.jobs
+SET args = %(args)s, run_at = to_timestamp(%(run_at)s), queue = %(queue)s,
+    priority = %(priority)s, updated_at = to_timestamp(%(now)s)
+WHERE debounce_key = %(debounce_key)s AND state = 'queued'
+RETURNING id;
+
+-- name: job_debounce_insert
+INSERT INTO {schema}.jobs
+    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
+     created_at, updated_at, parent_id, concurrency_key, concurrency_limit, debounce_key)
+VALUES
+    (%(id)s, %(name)s, %(queue)s, NULL, %(args)s, 'queued', %(priority)s,
+     to_timestamp(%(run_at)s), 0, 0, to_timestamp(%(now)s), to_timestamp(%(now)s),
+     %(parent_id)s, %(concurrency_key)s, %(concurrency_limit)s, %(debounce_key)s)
+ON CONFLICT (debounce_key) WHERE state = 'queued' AND debounce_key IS NOT NULL DO NOTHING;
+
+-- name: schedule_next
+SELECT extract(epoch FROM next_tick)::float8 AS next_tick FROM {schema}.schedules
+WHERE name = %(name)s;
+
+-- name: schedule_insert
+INSERT INTO {schema}.schedules (name, next_tick, updated_at)
+VALUES (%(name)s, to_timestamp(%(tick)s), to_timestamp(%(now)s))
+ON CONFLICT (name) DO NOTHING;
+
+-- name: schedule_update
+UPDATE {schema}.schedules
+SET next_tick = to_timestamp(%(tick)s), updated_at = to_timestamp(%(now)s)
+WHERE name = %(name)s AND next_tick = to_timestamp(%(expected)s);
+
+-- name: schedule_list
+SELECT name, extract(epoch FROM next_tick)::float8 AS next_tick FROM {schema}.schedules
+ORDER BY name;
+
+-- name: rate_lock
+INSERT INTO {schema}.rates (key, tat) VALUES (%(key)s, 0) ON CONFLICT (key) DO NOTHING;
+
+-- name: rate_get
+SELECT tat FROM {schema}.rates WHERE key = %(key)s FOR UPDATE;
+
+-- name: rate_set
+UPDATE {schema}.rates SET tat = %(tat)s WHERE key = %(key)s;

@@ -3,10 +3,12 @@
 -- name: job_insert
 INSERT INTO stepstone_jobs
     (id, name, queue, key, args, state, priority, run_at, fence, attempts,
-     lease_owner, lease_expires_at, created_at, updated_at, started_at)
+     lease_owner, lease_expires_at, created_at, updated_at, started_at,
+     parent_id, concurrency_key, concurrency_limit, debounce_key)
 VALUES
     (:id, :name, :queue, :key, :args, :state, :priority, :run_at, :fence, :attempts,
-     :owner, :lease_until, :now, :now, :started_at)
+     :owner, :lease_until, :now, :now, :started_at,
+     :parent_id, :concurrency_key, :concurrency_limit, :debounce_key)
 ON CONFLICT (key) DO NOTHING;
 
 -- name: job_get
@@ -27,31 +29,58 @@ ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
 -- name: job_claim_due
+-- Due jobs (queued, or waiting whose time came), highest priority then oldest first. A job
+-- with a concurrency key is taken only while fewer than its limit run with a live lease:
+-- keys already at their limit are skipped in the scan, and within one claim the jobs of a
+-- key are ranked so that the claim itself stays under the limit. Runs inside BEGIN
+-- IMMEDIATE, so the counts cannot change under it.
 UPDATE stepstone_jobs
 SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
     lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
-    started_at = coalesce(started_at, :now)
+    started_at = coalesce(started_at, :now), wait_event = NULL
 WHERE id IN (
-    SELECT id FROM stepstone_jobs INDEXED BY stepstone_jobs_due
-    WHERE state = 'queued' AND run_at <= :now
-      AND name IN (SELECT value FROM json_each(:names))
-      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+    SELECT id FROM (
+        SELECT id, priority, run_at, concurrency_key, concurrency_limit,
+               row_number() OVER (
+                   PARTITION BY concurrency_key ORDER BY priority DESC, run_at) AS rank
+        FROM (
+            SELECT id, priority, run_at, concurrency_key, concurrency_limit
+            FROM stepstone_jobs INDEXED BY stepstone_jobs_due
+            WHERE state IN ('queued', 'waiting') AND run_at <= :now
+              AND name IN (SELECT value FROM json_each(:names))
+              AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+              AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+                  SELECT r.concurrency_key FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
+                  WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL
+                    AND r.lease_expires_at >= :now
+                  GROUP BY r.concurrency_key
+                  HAVING count(*) >= max(r.concurrency_limit)))
+            ORDER BY priority DESC, run_at
+            LIMIT :scan)) AS candidate
+    WHERE concurrency_key IS NULL
+       OR rank + (SELECT count(*) FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
+                  WHERE r.state = 'running' AND r.concurrency_key = candidate.concurrency_key
+                    AND r.lease_expires_at >= :now) <= concurrency_limit
     ORDER BY priority DESC, run_at
     LIMIT :limit)
-RETURNING id, name, queue, key, args, fence, attempts, priority, run_at;
+RETURNING id, name, queue, key, args, fence, attempts, priority, run_at, created_at, started_at;
 
 -- name: job_claim
 UPDATE stepstone_jobs
 SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
     lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
-    started_at = coalesce(started_at, :now)
-WHERE id = :id AND state = 'queued'
-RETURNING id, name, queue, key, args, fence, attempts, priority, run_at;
+    started_at = coalesce(started_at, :now), wait_event = NULL
+WHERE id = :id AND state IN ('queued', 'waiting')
+  AND (concurrency_key IS NULL
+       OR (SELECT count(*) FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
+           WHERE r.state = 'running' AND r.concurrency_key = stepstone_jobs.concurrency_key
+             AND r.lease_expires_at >= :now) < concurrency_limit)
+RETURNING id, name, queue, key, args, fence, attempts, priority, run_at, created_at, started_at;
 
 -- name: job_idle_status
 SELECT
     EXISTS (SELECT 1 FROM stepstone_jobs INDEXED BY stepstone_jobs_due
-            WHERE state = 'queued' AND run_at <= :now
+            WHERE state IN ('queued', 'waiting') AND run_at <= :now
               AND name IN (SELECT value FROM json_each(:names))
               AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
         AS due,
@@ -61,7 +90,7 @@ SELECT
        AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
         AS running,
     (SELECT min(run_at) FROM stepstone_jobs INDEXED BY stepstone_jobs_due
-     WHERE state = 'queued'
+     WHERE state IN ('queued', 'waiting')
        AND name IN (SELECT value FROM json_each(:names))
        AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
         AS next_run_at;
@@ -117,10 +146,16 @@ SET state = 'queued', replay = 1, run_at = :now, lease_owner = NULL, lease_expir
 WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- name: job_cancel
+-- The job and, recursively, every unfinished job it enqueued.
+WITH RECURSIVE family (id) AS (
+    SELECT :id
+    UNION
+    SELECT child.id FROM stepstone_jobs AS child JOIN family ON child.parent_id = family.id)
 UPDATE stepstone_jobs
 SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
     finished_at = :now
-WHERE id = :id AND state IN ('queued', 'running', 'waiting');
+WHERE id IN (SELECT id FROM family) AND state IN ('queued', 'running', 'waiting')
+RETURNING id;
 
 -- name: job_requeue
 UPDATE stepstone_jobs
@@ -224,3 +259,66 @@ LIMIT :limit;
 
 -- name: memo_prune
 DELETE FROM stepstone_memos WHERE expires_at <= :now AND state = 'done';
+
+-- name: job_park
+UPDATE stepstone_jobs
+SET state = CASE WHEN :ready THEN 'queued' ELSE 'waiting' END,
+    run_at = CASE WHEN :ready THEN :now ELSE :until END,
+    wait_event = :event, replay = 1, reclaims = 0, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: park_signal_ready
+SELECT EXISTS (
+    SELECT 1 FROM stepstone_signals
+    WHERE event = :event AND id > :after
+      AND created_at >= (SELECT created_at FROM stepstone_jobs WHERE id = :id)) AS ready;
+
+-- name: park_child_ready
+SELECT EXISTS (
+    SELECT 1 FROM stepstone_jobs
+    WHERE id = :child AND state IN ('succeeded', 'failed', 'cancelled')) AS ready;
+
+-- name: signal_insert
+INSERT INTO stepstone_signals (event, payload, created_at) VALUES (:event, :payload, :now);
+
+-- name: signal_wake
+UPDATE stepstone_jobs
+SET state = 'queued', run_at = :now, updated_at = :now
+WHERE state = 'waiting' AND wait_event = :event;
+
+-- name: signal_next
+SELECT id, payload FROM stepstone_signals
+WHERE event = :event AND id > :after AND created_at >= :since
+ORDER BY id
+LIMIT 1;
+
+-- name: signal_prune
+DELETE FROM stepstone_signals WHERE created_at < :before;
+
+-- name: job_debounce
+UPDATE stepstone_jobs
+SET args = :args, run_at = :run_at, queue = :queue, priority = :priority, updated_at = :now
+WHERE debounce_key = :debounce_key AND state = 'queued'
+RETURNING *;
+
+-- name: schedule_next
+SELECT next_tick FROM stepstone_schedules WHERE name = :name;
+
+-- name: schedule_insert
+INSERT INTO stepstone_schedules (name, next_tick, updated_at) VALUES (:name, :tick, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: schedule_update
+UPDATE stepstone_schedules SET next_tick = :tick, updated_at = :now
+WHERE name = :name AND next_tick = :expected;
+
+-- name: schedule_list
+SELECT name, next_tick FROM stepstone_schedules ORDER BY name;
+
+-- name: rate_get
+SELECT tat FROM stepstone_rates WHERE key = :key;
+
+-- name: rate_set
+INSERT INTO stepstone_rates (key, tat) VALUES (:key, :tat)
+ON CONFLICT (key) DO UPDATE SET tat = excluded.tat;
