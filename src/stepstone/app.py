@@ -390,6 +390,11 @@ class App:
         """
         definition = self._definition(job)
         if debounce is not None:
+            if delay is not None or run_at is not None or connection is not None:
+                raise ValueError(
+                    "enqueue(debounce=...) sets the due time itself and writes on its own: "
+                    "it takes no delay=, run_at= or connection="
+                )
             return self._debounce(
                 definition,
                 args,
@@ -418,9 +423,9 @@ class App:
                     parent_id=run.job_id,
                 ).id
 
-            child_id = checkpointed_enqueue(run, insert, key)
+            child_id, child_key = checkpointed_enqueue(run, insert, key)
             self._wake_workers()
-            return JobHandle(self, child_id, key)
+            return JobHandle(self, child_id, child_key)
         record = self._insert(
             definition,
             args,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .context import current_run, current_step
 from .errors import JobCancelled, JobFailed, StepstoneError, Suspend, WaitTimeout
 from .serialization import dumps, error_from_record, loads
-from .store.base import WAIT_FOREVER, JobRecord, JobState
+from .store.base import JOB_EVENT_PREFIX, WAIT_FOREVER, JobRecord, JobState
 
 if TYPE_CHECKING:
     from .handle import JobHandle
@@ -66,6 +66,12 @@ def _job_run(what: str) -> JobRun | None:
         )
     run.check()
     return run
+
+
+def _park(run: JobRun, suspend: Suspend) -> Suspend:
+    """Record that the job parks (later step calls raise it again) and return it."""
+    run.parking = suspend
+    return suspend
 
 
 def _result(run: JobRun, value: Any) -> Any:
@@ -128,7 +134,7 @@ def _sleep_until(run: JobRun, until: float) -> Any:
         run.checkpoint(seq, ident, "ok", json.dumps({"until": until}), 1)
     if run.app.clock.now() >= until:
         return _result(run, None)
-    raise Suspend(f"sleeping until {until}", until=until)
+    raise _park(run, Suspend(f"sleeping until {until}", until=until))
 
 
 # events -------------------------------------------------------------------------------------
@@ -143,6 +149,11 @@ def wait_for(event: str, timeout: float | timedelta | None = None) -> Any:
     """
     if not isinstance(event, str) or not event:
         raise ValueError("wait_for() needs an event name (a non-empty str)")
+    if event.startswith(JOB_EVENT_PREFIX):
+        raise ValueError(
+            f"event names starting with {JOB_EVENT_PREFIX!r} are reserved; to wait for a "
+            "job, call handle.result() in the job's own code"
+        )
     run = _job_run("wait_for")
     if run is None:
         raise StepstoneError(
@@ -164,11 +175,14 @@ def wait_for(event: str, timeout: float | timedelta | None = None) -> Any:
     elif deadline is not None and now >= deadline:
         outcome = {"event": event, "timeout": True}
     else:
-        raise Suspend(
-            f"waiting for event {event!r}",
-            until=deadline if deadline is not None else WAIT_FOREVER,
-            event=event,
-            signal_after=cursor,
+        raise _park(
+            run,
+            Suspend(
+                f"waiting for event {event!r}",
+                until=deadline if deadline is not None else WAIT_FOREVER,
+                event=event,
+                signal_after=cursor,
+            ),
         )
     run.checkpoint(seq, ident, "ok", json.dumps(outcome, sort_keys=True), 1)
     return _signal_outcome(run, event, outcome)
@@ -182,17 +196,32 @@ def _signal_outcome(run: JobRun, event: str, outcome: dict[str, Any]) -> Any:
 
 
 # child jobs ---------------------------------------------------------------------------------
-def checkpointed_enqueue(run: JobRun, insert: Any, key: str | None) -> str:
+def checkpointed_enqueue(run: JobRun, insert: Any, key: str | None) -> tuple[str, str]:
     """Enqueue a child job once per position of the parent's history: a replay gets the
-    same child back. ``insert(key)`` writes the job and returns its id."""
+    same child back. ``insert(key)`` writes the job and returns its id. Returns the child's
+    id and key (the caller's, else one derived from the parent and the position)."""
     seq, ident = run.assign("stepstone.enqueue")
+    child_key = key if key is not None else f"{run.job_id}/{ident}"
     stored = run.history.get(seq)
     if stored is not None:
-        return str(json.loads(stored.value)["id"])
-    child_id = str(insert(key if key is not None else f"{run.job_id}/{ident}"))
+        return str(json.loads(stored.value)["id"]), child_key
+    child_id = str(insert(child_key))
     run.checkpoint(seq, ident, "ok", json.dumps({"id": child_id}), 1)
     run.executed -= 1
-    return child_id
+    return child_id, child_key
+
+
+def _stored(outcomes: list[dict[str, Any]], value: dict[str, Any]) -> tuple[str, str]:
+    """The status and text of a wait's checkpoint. A wait that saw a job fail is stored as
+    an error (with a type and message, as step errors are): a retry of the waiting job
+    drops it and looks at the job again (``app.retry`` the failed one first)."""
+    failed = [o for o in outcomes if not o.get("timeout") and o["state"] != JobState.SUCCEEDED]
+    if not failed:
+        return "ok", dumps(value)
+    first = failed[0]
+    kind = "JobCancelled" if first["state"] == JobState.CANCELLED else "JobFailed"
+    message = f"job {first['job']} ({first['name']}) {first['state']}"
+    return "error", dumps({**value, "type": f"stepstone.errors.{kind}", "message": message})
 
 
 def _outcome_record(record: JobRecord) -> dict[str, Any]:
@@ -233,12 +262,15 @@ def child_result(run: JobRun, handle: JobHandle, timeout: float | None) -> Any:
         elif deadline is not None and now >= deadline:
             outcome = {"job": handle.id, "timeout": True}
         else:
-            raise Suspend(
-                f"waiting for job {handle.id}",
-                until=deadline if deadline is not None else WAIT_FOREVER,
-                child=handle.id,
+            raise _park(
+                run,
+                Suspend(
+                    f"waiting for job {handle.id}",
+                    until=deadline if deadline is not None else WAIT_FOREVER,
+                    child=handle.id,
+                ),
             )
-        run.checkpoint(seq, ident, "ok", dumps(outcome), 1)
+        run.checkpoint(seq, ident, *_stored([outcome], outcome), 1)
     if outcome.get("timeout"):
         raise WaitTimeout(f"job {outcome['job']} did not finish before the timeout")
     return _decode_outcome(run, outcome)
@@ -258,7 +290,7 @@ def gather(*handles: JobHandle) -> Any:
     _start_record, seq, ident = _start(run, "gather", {"jobs": ids})
     stored = run.history.get(seq)
     if stored is not None:
-        outcomes = json.loads(stored.value)
+        outcomes = json.loads(stored.value)["outcomes"]
     else:
         found = {record.id: record for record in run.store.job_get_many(ids=ids)}
         missing = [job_id for job_id in ids if job_id not in found]
@@ -266,13 +298,16 @@ def gather(*handles: JobHandle) -> Any:
             raise StepstoneError(f"gather(): jobs {missing} do not exist (pruned?)")
         waiting = [job_id for job_id in ids if not found[job_id].state.finished]
         if waiting:
-            raise Suspend(
-                f"waiting for {len(waiting)} of {len(ids)} jobs",
-                until=WAIT_FOREVER,
-                child=waiting[0],
+            raise _park(
+                run,
+                Suspend(
+                    f"waiting for {len(waiting)} of {len(ids)} jobs",
+                    until=WAIT_FOREVER,
+                    child=waiting[0],
+                ),
             )
         outcomes = [_outcome_record(found[job_id]) for job_id in ids]
-        run.checkpoint(seq, ident, "ok", dumps(outcomes), 1)
+        run.checkpoint(seq, ident, *_stored(outcomes, {"outcomes": outcomes}), 1)
     return _result(run, [_decode_outcome(run, outcome) for outcome in outcomes])
 
 

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
-from .errors import InvalidKey, JobTimeout, NonDeterminism, Permanent, SerializationError
+from .errors import (
+    InvalidKey,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NonDeterminism,
+    Permanent,
+    SerializationError,
+)
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -19,6 +27,8 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
     NonDeterminism,
     InvalidKey,
     JobTimeout,
+    JobFailed,
+    JobCancelled,
 )
 
 

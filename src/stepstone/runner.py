@@ -101,6 +101,9 @@ class JobRun:
         )
         #: Per event, the newest signal this run has taken (wait_for).
         self.signal_cursors: dict[str, int] = {}
+        #: Set when the job decided to park: later step calls (in a ``finally``, or after
+        #: an ``except BaseException``) raise it again, and the run parks however it ends.
+        self.parking: Suspend | None = None
         #: The task running an async job, cancelled at once when the job is cancelled.
         self.task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -130,7 +133,9 @@ class JobRun:
         timed out, or the worker stops."""
         if self.interrupt is not None:
             raise type(self.interrupt)(str(self.interrupt))
-        if self.deadline is not None and self.app.clock.now() > self.deadline:
+        if self.parking is not None:
+            raise self.parking  # the job is parking: no step may run on the way out
+        if self.deadline is not None and self.app.clock.now() >= self.deadline:
             raise self.timed_out()
         if self.stopping:
             raise Released
@@ -463,6 +468,10 @@ class JobRun:
         if self.interrupt is not None:
             self._report_interrupt()
             return
+        if self.parking is not None and not isinstance(error, Exception | Released):
+            error = self.parking  # parks even if the job swallowed its Suspend
+        elif isinstance(error, BaseExceptionGroup):
+            error = _suspend_in(error) or error
         if isinstance(error, Suspend):
             until = error.until
             if self.deadline is not None:
@@ -560,6 +569,23 @@ class JobRun:
             )
 
 
+def _suspend_in(group: BaseExceptionGroup[BaseException]) -> Suspend | None:
+    """The earliest park in an exception group (``asyncio.TaskGroup`` wraps what its tasks
+    raise); the other waits are met again when the job replays."""
+    matched, _rest = group.split(Suspend)
+    if matched is None:
+        return None
+    found = [exc for exc in _leaves(matched) if isinstance(exc, Suspend)]
+    return min(found, key=lambda suspend: suspend.until) if found else None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
 def _decode_arguments(
     app: App, claimed: ClaimedJob
 ) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
@@ -631,6 +657,13 @@ async def execute_async(app: App, claimed: ClaimedJob) -> JobRun | None:
     except (Exception, Released, Suspend) as exc:
         current_run.reset(token)
         await app._call_store(run.finish, None, exc)
+    except BaseExceptionGroup as group:
+        current_run.reset(token)
+        suspend = _suspend_in(group)
+        if suspend is None:
+            await asyncio.shield(app._call_store(run.finish, None, Released()))
+            raise
+        await app._call_store(run.finish, None, suspend)
     except asyncio.CancelledError:
         current_run.reset(token)
         if not isinstance(run.interrupt, JobCancelled):

@@ -26,6 +26,8 @@ from .store.base import ClaimedJob, IdleStatus
 
 #: How often an idle worker asks the store whether anything changed.
 _CHANGE_CHECK_SECONDS = 0.005
+#: How soon a worker looks again at due jobs it could not claim (at their concurrency limit).
+BLOCKED_RETRY_SECONDS = 0.25
 
 if TYPE_CHECKING:
     from .app import App
@@ -88,7 +90,9 @@ class Worker:
         self.until_idle = until_idle
         self.shutdown_grace = app.shutdown_grace if shutdown_grace is None else shutdown_grace
         self.owner = f"{app.owner}:w{id(self) % 10000:04d}"
-        self.running: dict[str, asyncio.Future[Any]] = {}
+        #: The runs in flight, by (job id, fencing token): an abandoned attempt whose thread
+        #: is still busy keeps its slot beside the job's next attempt.
+        self.running: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self._stop = threading.Event()
         self._hard_stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,7 +113,7 @@ class Worker:
             self._hard_stop.set()
         self._stop.set()
         for run in self.app._lease_keeper.active():
-            if run.job_id in self.running:
+            if (run.job_id, run.fence) in self.running:
                 run.stopping = True
         self.wake()
 
@@ -212,6 +216,10 @@ class Worker:
                     if self.until_idle and not self.running and not status.due:
                         if status.running == 0:
                             break
+                    elif status.due:
+                        # Due jobs this claim could not take: held at their concurrency
+                        # limit, or locked by another claimer. Look again soon, not at once.
+                        timeout = min(timeout, BLOCKED_RETRY_SECONDS)
                     elif status.next_run_at is not None:
                         timeout = min(timeout, max(status.next_run_at - app.clock.now(), 0.0))
                 full = len(self.running) >= self.concurrency
@@ -377,11 +385,11 @@ class Worker:
             future = asyncio.ensure_future(execute_async(self.app, job))
         else:
             future = asyncio.wrap_future(threads.submit(lambda: execute_sync(self.app, job)))
-        self.running[job.id] = future
-        future.add_done_callback(functools.partial(self._done, job.id))
+        self.running[(job.id, job.fence)] = future
+        future.add_done_callback(functools.partial(self._done, job.id, job.fence))
 
-    def _done(self, job_id: str, future: asyncio.Future[Any]) -> None:
-        self.running.pop(job_id, None)
+    def _done(self, job_id: str, fence: int, future: asyncio.Future[Any]) -> None:
+        self.running.pop((job_id, fence), None)
         if not future.cancelled() and future.exception() is not None:
             logger.error(
                 "job %s crashed the runner",
@@ -397,7 +405,7 @@ class Worker:
         if not self.running:
             return
         for run in self.app._lease_keeper.active():
-            if run.job_id in self.running:
+            if (run.job_id, run.fence) in self.running:
                 run.stopping = True
         assert self._loop is not None
         deadline = self._loop.time() + self.shutdown_grace
@@ -411,7 +419,9 @@ class Worker:
 
     async def _release_all(self) -> None:
         app = self.app
-        runs = [run for run in app._lease_keeper.active() if run.job_id in self.running]
+        runs = [
+            run for run in app._lease_keeper.active() if (run.job_id, run.fence) in self.running
+        ]
         for run in runs:
             try:
                 released = await app._call_store(

@@ -3,7 +3,7 @@
 ``stepstone worker APP`` runs a worker for the App that ``APP`` (``module:attribute`` or
 ``path/to/file.py:attribute``) names; ``stepstone backfill JOB --from FILE`` enqueues one
 job per row of a file. The operator commands (``jobs``, ``show``, ``retry``, ``cancel``,
-``enqueue``, ``forget``, ``memos``, ``migrate``, ``prune``) need no user code: they open
+``enqueue``, ``signal``, ``forget``, ``memos``, ``migrate``, ``prune``) need no user code: they open
 the database that ``--db`` names (default: ``$STEPSTONE_DATABASE_URL``, else ``sqlite:///stepstone.db``,
 as ``App()`` does). ``stepstone demo`` runs the seed's story end to end.
 

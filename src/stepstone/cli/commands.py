@@ -1,6 +1,6 @@
 """The operator commands, which need no user code: ``jobs``, ``show``, ``retry``, ``cancel``,
-``migrate``, ``prune``, ``forget`` and ``memos`` open the database that ``--db`` names;
-``demo`` runs the seed's story.
+``signal``, ``migrate``, ``prune``, ``forget`` and ``memos`` open the database that ``--db``
+names; ``demo`` runs the seed's story.
 
 (``enqueue`` has its own module; ``worker`` and ``backfill``, which load the user's code, too.)
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JobNotFound
+from ..store.base import JOB_EVENT_PREFIX, WAIT_FOREVER
 from .exits import EXIT_OK, UsageError
 from .loading import open_app
 from .render import (
@@ -40,38 +41,99 @@ def find_job(app: App, ref: str) -> JobRecord:
     return record
 
 
+def waits_for(record: JobRecord) -> str:
+    """What a waiting job waits for: ``signal EVENT``, ``job ID`` (a job it awaits) or
+    ``time`` (a durable sleep); empty for a job in any other state."""
+    if record.state != "waiting":
+        return ""
+    event = record.wait_event
+    if not event:
+        return "time"
+    if event.startswith(JOB_EVENT_PREFIX):
+        return f"job {event[len(JOB_EVENT_PREFIX) :]}"
+    return f"signal {event}"
+
+
+def _when(record: JobRecord, now: float) -> str:
+    """The ``when`` column: when a queued job is due, when a waiting job wakes on its own
+    (``-`` if only its signal or job can wake it), when a finished job finished, else when
+    a running job last changed."""
+    if record.state == "queued":
+        return relative_time(record.run_at, now)
+    if record.state == "waiting":
+        return relative_time(record.run_at, now) if record.run_at < WAIT_FOREVER else "-"
+    if record.state.finished:
+        return relative_time(record.finished_at, now)
+    return relative_time(record.updated_at, now)
+
+
+#: A schedule whose next tick is older than this was not kept by any worker meanwhile.
+SCHEDULE_SLACK = 10.0
+
+
+def _tick_time(when: float) -> str:
+    """A cron tick as local time with its zone: ``2025-01-01 12:05:00 CET``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+
+
+def schedules_table(app: App, name: str | None, now: float) -> Any:
+    """The cron schedules (of job ``name`` only, if given) and their next tick; None if
+    there are none."""
+    from rich.table import Table
+    from rich.text import Text
+
+    schedules = [(job, tick) for job, tick in app.store.schedule_list() if name in (None, job)]
+    if not schedules:
+        return None
+    table = Table(title="cron schedules", title_justify="left")
+    for column in ("job", "next run", "when"):
+        table.add_column(column, no_wrap=column != "job")
+    for job, tick in schedules:
+        when = Text(relative_time(tick, now))
+        if tick < now - SCHEDULE_SLACK:
+            when = Text(f"{when}, overdue: no worker serving it is running", style="yellow")
+        table.add_row(job, _tick_time(tick), when)
+    return table
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """A table of the most recent jobs, filtered by state and name."""
+    """A table of the most recent jobs, filtered by state and name; then, unless ``--state``
+    filters the jobs, a table of the cron schedules and their next run."""
     from rich.table import Table
 
     app = open_app(args)
     states = [state for group in args.state or [] for state in group]
     records = app.store.job_list(states=states or None, name=args.name, limit=args.limit)
     now = time.time()
+    waits = [waits_for(record) for record in records]
+    waiting = any(waits)
     table = Table(title=f"jobs in {app.store.url}", title_justify="left")
-    for column in ("id", "name", "key", "state", "attempts", "when", "last error"):
+    for column in ("id", "name", "key", "state", "attempts", "when"):
         table.add_column(column, no_wrap=column in ("id", "state", "when"))
-    for record in records:
-        if record.state == "queued":
-            when = relative_time(record.run_at, now)
-        elif record.state.finished:
-            when = relative_time(record.finished_at, now)
-        else:
-            when = relative_time(record.updated_at, now)
-        table.add_row(
+    if waiting:
+        table.add_column("waiting for", overflow="fold")
+    table.add_column("last error")
+    for record, wait in zip(records, waits, strict=True):
+        cells = [
             record.id,
             record.name,
             record.key or "",
             state_text(record.state.value),
             str(record.attempts),
-            when,
-            error_summary(record.error),
-        )
+            _when(record, now),
+        ]
+        if waiting:
+            cells.append(wait)
+        table.add_row(*cells, error_summary(record.error))
     out = console()
     if records:
         out.print(table)
     else:
         out.print("no jobs match", style="dim")
+    if not states:
+        schedules = schedules_table(app, args.name, now)
+        if schedules is not None:
+            out.print(schedules)
     return EXIT_OK
 
 
@@ -92,6 +154,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     facts.add_column(style="bold")
     facts.add_column()
     lease = "-"
+    waiting = waits_for(record)
+    run_at = absolute_time(record.run_at, now)
+    if record.run_at >= WAIT_FOREVER:
+        run_at = "- (no timer: only what it waits for wakes it)"
     if record.lease_owner:
         lease = f"{record.lease_owner}, expires {relative_time(record.lease_expires_at, now)}"
     for label, value in (
@@ -100,10 +166,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("queue", record.queue),
         ("key", record.key or "-"),
         ("state", state_text(record.state.value)),
+        *([("waiting for", waiting)] if waiting else []),
+        *([("parent", record.parent_id)] if record.parent_id else []),
         ("attempts", str(record.attempts)),
         ("fence", str(record.fence)),
         ("lease", lease),
-        ("run at", absolute_time(record.run_at, now)),
+        ("run at", run_at),
         ("created", absolute_time(record.created_at, now)),
         ("started", absolute_time(record.started_at, now)),
         ("finished", absolute_time(record.finished_at, now)),
@@ -147,23 +215,66 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel a job that has not finished; say so if there was nothing to do."""
+    """Cancel a job that has not finished, and the unfinished jobs it enqueued; say so if
+    there was nothing to do."""
     app = open_app(args)
     record = find_job(app, args.job)
     if app.cancel(record.id):
         note = ""
         if record.state == "running":
             note = (
-                "; its worker stops it at the next step boundary (the running step's "
-                "checkpoint is refused)"
+                "; its worker stops it at its next step boundary (the running step's "
+                "checkpoint is refused), an async job at once, within a heartbeat if it runs "
+                "in another process"
             )
-        say(f"cancelled job {record.id} ({record.name}), which was {record.state}{note}", "green")
+        say(
+            f"cancelled job {record.id} ({record.name}), which was {record.state}, with any "
+            f"unfinished jobs it enqueued{note}",
+            "green",
+        )
     else:
         state = app.store.job_get(record.id) or record
         say(
             f"nothing done: job {record.id} ({record.name}) is already {state.state}; only "
             "queued, running or waiting jobs can be cancelled",
             "yellow",
+        )
+    return EXIT_OK
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_payload(text: str | None) -> Any:
+    """The JSON value of ``--payload`` (None without it); bad JSON is a UsageError."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise UsageError(
+            "--payload must be a JSON value (for example '{\"amount\": 5}', '\"text\"' or "
+            f"42): {exc}"
+        ) from exc
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    """Send a signal: wake the jobs waiting for its event, and keep it for jobs that wait
+    for it later."""
+    payload = parse_payload(args.payload)
+    app = open_app(args)
+    app.store  # noqa: B018 - open the database first: its errors are not usage errors
+    try:
+        woken = app.signal(args.event, payload)
+    except ValueError as exc:  # an empty, reserved or too long event name
+        raise UsageError(f"EVENT {args.event!r}: {exc}") from exc
+    if woken:
+        say(f"sent signal {args.event!r}; woke {woken} waiting job(s)", "green")
+    else:
+        say(
+            f"sent signal {args.event!r}; woke 0 waiting job(s); it is kept until pruned, so "
+            "a job created before it that waits for it later receives it"
         )
     return EXIT_OK
 
@@ -277,5 +388,9 @@ __all__ = [
     "cmd_prune",
     "cmd_retry",
     "cmd_show",
+    "cmd_signal",
     "find_job",
+    "parse_payload",
+    "schedules_table",
+    "waits_for",
 ]

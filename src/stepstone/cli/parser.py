@@ -22,6 +22,7 @@ from .commands import (
     cmd_prune,
     cmd_retry,
     cmd_show,
+    cmd_signal,
 )
 from .enqueue import cmd_enqueue
 from .exits import EXIT_ERROR, EXIT_USAGE, UsageError
@@ -98,9 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[[argparse.Namespace], int], text: str, *parents: Any
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        text: str,
+        *parents: Any,
+        description: str | None = None,
     ) -> Any:
-        found = sub.add_parser(name, help=text, description=text, parents=list(parents))
+        found = sub.add_parser(
+            name, help=text, description=description or text, parents=list(parents)
+        )
         found.set_defaults(handler=handler)
         return found
 
@@ -121,8 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job", metavar="JOB", help="job id or key")
     retry = command("retry", cmd_retry, "queue a failed or cancelled job again", db)
     retry.add_argument("job", metavar="JOB", help="job id or key")
-    cancel = command("cancel", cmd_cancel, "cancel a job that has not finished", db)
+    cancel = command(
+        "cancel",
+        cmd_cancel,
+        "cancel a job that has not finished, and its children",
+        db,
+        description="cancel a job that has not finished, and, recursively, the unfinished "
+        "jobs it enqueued from its own code (its children): a queued or waiting job never "
+        "runs; a running one stops at its next step boundary, an async one at once",
+    )
     cancel.add_argument("job", metavar="JOB", help="job id or key")
+    signal = command(
+        "signal",
+        cmd_signal,
+        "send a signal to the jobs waiting for an event",
+        db,
+        description="send a signal: wake every job waiting for EVENT in stepstone.wait_for(), "
+        "and keep the signal (until prune) for jobs created before it that wait for it later",
+    )
+    signal.add_argument("event", metavar="EVENT", help="the event name, e.g. paid:o1")
+    signal.add_argument(
+        "--payload", metavar="JSON", help="the value wait_for() returns, as JSON (default null)"
+    )
 
     enqueue = command("enqueue", cmd_enqueue, "enqueue a job by name", db)
     enqueue.add_argument("name", metavar="NAME", help="the job's name")

@@ -44,7 +44,7 @@ SET state = 'running', fence = j.fence + 1,
     attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
     lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
     updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
-    wait_event = NULL
+    wait_event = NULL, debounce_key = NULL
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempts, j.priority,
@@ -99,7 +99,7 @@ SET state = 'running', fence = j.fence + 1,
     attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
     lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
     updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
-    wait_event = NULL
+    wait_event = NULL, debounce_key = NULL
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempts, j.priority,
@@ -119,7 +119,7 @@ SET state = 'running', fence = j.fence + 1,
     attempts = j.attempts + CASE WHEN j.replay THEN 0 ELSE 1 END, replay = false,
     lease_owner = %(owner)s, lease_expires_at = to_timestamp(%(lease_until)s),
     updated_at = to_timestamp(%(now)s), started_at = coalesce(j.started_at, to_timestamp(%(now)s)),
-    wait_event = NULL
+    wait_event = NULL, debounce_key = NULL
 WHERE j.id = %(id)s AND j.state IN ('queued', 'waiting')
   AND (j.concurrency_key IS NULL
        OR (SELECT count(*) FROM {schema}.jobs AS r
@@ -198,9 +198,9 @@ SET state = 'queued', replay = true, run_at = to_timestamp(%(now)s), lease_owner
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
 -- name: job_cancel
--- The job and, recursively, every unfinished job it enqueued.
+-- The job and, recursively, every unfinished job it enqueued (none if it had finished).
 WITH RECURSIVE family (id) AS (
-    SELECT %(id)s::text
+    SELECT id FROM {schema}.jobs WHERE id = %(id)s AND state IN ('queued', 'running', 'waiting')
     UNION
     SELECT child.id FROM {schema}.jobs AS child JOIN family ON child.parent_id = family.id)
 UPDATE {schema}.jobs

@@ -37,7 +37,7 @@ LIMIT :limit;
 UPDATE stepstone_jobs
 SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
     lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
-    started_at = coalesce(started_at, :now), wait_event = NULL
+    started_at = coalesce(started_at, :now), wait_event = NULL, debounce_key = NULL
 WHERE id IN (
     SELECT id FROM (
         SELECT id, priority, run_at, concurrency_key, concurrency_limit,
@@ -69,7 +69,7 @@ RETURNING id, name, queue, key, args, fence, attempts, priority, run_at, created
 UPDATE stepstone_jobs
 SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, replay = 0,
     lease_owner = :owner, lease_expires_at = :lease_until, updated_at = :now,
-    started_at = coalesce(started_at, :now), wait_event = NULL
+    started_at = coalesce(started_at, :now), wait_event = NULL, debounce_key = NULL
 WHERE id = :id AND state IN ('queued', 'waiting')
   AND (concurrency_key IS NULL
        OR (SELECT count(*) FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
@@ -146,9 +146,9 @@ SET state = 'queued', replay = 1, run_at = :now, lease_owner = NULL, lease_expir
 WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- name: job_cancel
--- The job and, recursively, every unfinished job it enqueued.
+-- The job and, recursively, every unfinished job it enqueued (none if it had finished).
 WITH RECURSIVE family (id) AS (
-    SELECT :id
+    SELECT id FROM stepstone_jobs WHERE id = :id AND state IN ('queued', 'running', 'waiting')
     UNION
     SELECT child.id FROM stepstone_jobs AS child JOIN family ON child.parent_id = family.id)
 UPDATE stepstone_jobs
