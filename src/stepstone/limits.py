@@ -33,12 +33,13 @@ class Limit:
 
 @dataclass(frozen=True)
 class Rate:
-    """At most ``n`` calls per ``per`` seconds of a step, per ``key``, across all workers.
+    """At most ``n`` calls of a step in any ``per`` seconds, per ``key``, across all workers.
 
     ``key`` is a fixed name (``"ocr"``: every step using it shares the budget), a
     ``str.format`` template over the step's arguments, or a callable; None uses the step's
-    name. Bursts of up to ``n`` calls are allowed; a call over the limit waits, outside any
-    database transaction, until it may go.
+    name. The window slides: up to ``n`` calls may go at once, and never more than ``n``
+    within any ``per`` seconds. A call over the limit waits, outside any database
+    transaction, until it may go.
     """
 
     n: int

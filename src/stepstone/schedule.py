@@ -10,6 +10,7 @@ so one worker wins). Ticks that passed while no worker ran are handled per ``mis
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from .errors import StepstoneError
+from .errors import KeyConflict, StepstoneError
 
 if TYPE_CHECKING:
     from .app import App
@@ -136,7 +137,11 @@ def keep_schedule(app: App, definition: JobDefinition[Any, Any], now: float) -> 
 def _enqueue_tick(app: App, definition: JobDefinition[Any, Any], tick: float) -> None:
     schedule = definition.schedule
     assert schedule is not None
-    app._insert(definition, (), {}, key=schedule.key(tick), run_at=tick, queue=None, priority=None)
+    # A tick queued by an older release whose defaults differed is still this tick.
+    with contextlib.suppress(KeyConflict):
+        app._insert(
+            definition, (), {}, key=schedule.key(tick), run_at=tick, queue=None, priority=None
+        )
 
 
 __all__ = ["MAX_CATCH_UP", "MISSED_POLICIES", "Schedule", "keep_schedule"]

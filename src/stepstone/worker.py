@@ -322,7 +322,7 @@ class Worker:
         for definition in scheduled:
             try:
                 await app._call_store(keep_schedule, app, definition, app.clock.now())
-            except StoreError:
+            except Exception:  # a schedule must not stop the worker; it is tried again
                 logger.exception(
                     "keeping the schedule of %s failed; retrying",
                     definition.name,

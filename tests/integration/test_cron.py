@@ -63,8 +63,7 @@ def cron_jobs(app: App, name: str = "report") -> dict[str, tuple[JobState, float
 
 
 def test_keep_schedule_enqueues_the_next_tick_in_advance(app: App, clock: FakeClock) -> None:
-    """The first call records the next tick and enqueues its job, due at the tick, under
-    the key cron:<name>:<UTC ISO>; calling again before the tick adds nothing."""
+    """keep_schedule records the next tick and enqueues its job (key cron:<name>:<UTC>) once."""
     declare_report(app, [])
     keep_schedule(app, app.jobs["report"], clock.now())
     tick = at("2023-11-14T22:15")
@@ -78,8 +77,7 @@ def test_keep_schedule_enqueues_the_next_tick_in_advance(app: App, clock: FakeCl
 
 
 def test_the_tick_runs_once_when_due(app: App, clock: FakeClock) -> None:
-    """A worker keeps the schedule: nothing runs before the tick, the tick's job runs once
-    when due (knowing its tick from current().key), and the next tick is then queued."""
+    """A worker runs a tick once when due (current().key names it) and then queues the next tick."""
     ran: list[str] = []
     declare_report(app, ran)
     app.run_worker(until_idle=True)
@@ -112,8 +110,7 @@ def test_a_cron_job_runs_every_tick_while_workers_keep_running(app: App, clock: 
 def test_two_apps_on_one_database_enqueue_each_tick_once(
     make_app: Callable[..., App], clock: FakeClock
 ) -> None:
-    """Two workers (two Apps on one database) both keep the schedule for an hour: each
-    tick is enqueued once and runs once."""
+    """Two Apps on one database keeping the schedule for an hour enqueue and run each tick once."""
     runs: list[list[str]] = [[], []]
     apps = [make_app(clock=clock), make_app(clock=clock)]
     for app, ran in zip(apps, runs, strict=True):
@@ -168,44 +165,57 @@ def _run_after_an_hour_down(app: App, clock: FakeClock) -> None:
     app.run_worker(concurrency=1, until_idle=True)
 
 
-def test_missed_latest_runs_only_the_most_recent_missed_tick(app: App, clock: FakeClock) -> None:
-    """missed="latest": after an hour with no worker, only the 23:10 tick runs, once; the
-    next tick (23:15) is queued."""
+def test_missed_latest_runs_the_most_recent_missed_tick_once(app: App, clock: FakeClock) -> None:
+    """missed="latest" after an hour down: the pre-enqueued tick runs late, then only the latest."""
     ran: list[str] = []
     declare_report(app, ran, missed="latest")
     _run_after_an_hour_down(app, clock)
-    assert ran == [tick_key("report", "2023-11-14T23:10")]
+    assert ran == [
+        tick_key("report", "2023-11-14T22:15"),
+        tick_key("report", "2023-11-14T23:10"),
+    ]
     assert app.store.schedule_list() == [("report", at("2023-11-14T23:15"))]
     assert cron_jobs(app)[tick_key("report", "2023-11-14T23:15")][0] == JobState.QUEUED
+    assert len(cron_jobs(app)) == 3
 
 
 def test_missed_all_runs_every_missed_tick(app: App, clock: FakeClock) -> None:
-    """missed="all": after an hour with no worker, each of the 12 missed ticks runs once,
-    oldest first."""
+    """missed="all" after an hour down: each of the 12 ticks that passed runs once, oldest first."""
     ran: list[str] = []
     declare_report(app, ran, missed="all")
     _run_after_an_hour_down(app, clock)
-    expected = five_minute_keys("2023-11-14T22:15", 12)
-    assert ran == expected
+    assert ran == five_minute_keys("2023-11-14T22:15", 12)
     assert app.store.schedule_list() == [("report", at("2023-11-14T23:15"))]
 
 
-def test_missed_skip_runs_none_of_the_missed_ticks(app: App, clock: FakeClock) -> None:
-    """missed="skip": after an hour with no worker, none of the missed ticks runs; the next
-    tick (23:15) is queued and runs when due."""
+def test_missed_skip_runs_only_the_tick_enqueued_before_the_outage(
+    app: App, clock: FakeClock
+) -> None:
+    """missed="skip" after an hour down: only the pre-enqueued tick runs; the next one on time."""
     ran: list[str] = []
     declare_report(app, ran, missed="skip")
     _run_after_an_hour_down(app, clock)
-    assert ran == []
+    assert ran == [tick_key("report", "2023-11-14T22:15")]
     assert app.store.schedule_list() == [("report", at("2023-11-14T23:15"))]
     clock.advance(at("2023-11-14T23:15") - clock.now())
     app.run_worker(until_idle=True)
-    assert ran == [tick_key("report", "2023-11-14T23:15")]
+    assert ran[1:] == [tick_key("report", "2023-11-14T23:15")]
+
+
+def test_cancelling_the_overdue_tick_skips_it(app: App, clock: FakeClock) -> None:
+    """missed="skip" with the overdue tick cancelled: nothing runs until the next tick."""
+    ran: list[str] = []
+    declare_report(app, ran, missed="skip")
+    app.run_worker(concurrency=1, until_idle=True)
+    clock.advance(3600)
+    assert app.cancel(app.get_job_by_key(tick_key("report", "2023-11-14T22:15")).id)
+    app.run_worker(concurrency=1, until_idle=True)
+    assert ran == []
+    assert app.store.schedule_list() == [("report", at("2023-11-14T23:15"))]
 
 
 def test_a_time_zone_moves_the_ticks(app: App, clock: FakeClock) -> None:
-    """ "0 9 * * *" is 09:00 UTC by default, 14:00 UTC in America/New_York (EST) and 08:00
-    UTC in Europe/Berlin (CET, given as a tzinfo)."""
+    """ "0 9 * * *" is 09:00 UTC, 14:00 UTC in New York and 08:00 UTC in Berlin (a tzinfo)."""
     for name, timezone in [
         ("utc_nine", None),
         ("ny_nine", "America/New_York"),
@@ -221,6 +231,29 @@ def test_a_time_zone_moves_the_ticks(app: App, clock: FakeClock) -> None:
     assert cron_jobs(app, "ny_nine") == {
         tick_key("ny_nine", "2023-11-15T14:00"): (JobState.QUEUED, at("2023-11-15T14:00"))
     }
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        pytest.param("2024-03-30T12:00", ["2024-03-31T01:00", "2024-04-01T00:30"], id="spring"),
+        pytest.param("2024-10-26T12:00", ["2024-10-27T00:30", "2024-10-28T01:30"], id="fall"),
+    ],
+)
+def test_daylight_saving_changes_follow_crons_rules(
+    make_app: Callable[..., App], start: str, expected: list[str]
+) -> None:
+    """02:30 Berlin runs right after a spring-forward jump, and once on a fall-back night."""
+    clock = FakeClock(at(start))
+    app = make_app(clock=clock)
+    ran: list[str] = []
+    declare_report(app, ran, cron="30 2 * * *", timezone="Europe/Berlin")
+    for _ in expected:
+        app.run_worker(until_idle=True)
+        [(_name, tick)] = app.store.schedule_list()
+        clock.advance(tick - clock.now())
+    app.run_worker(until_idle=True)
+    assert ran == [tick_key("report", moment) for moment in expected]
 
 
 def test_a_worker_keeps_only_the_schedules_of_its_queues(app: App) -> None:
@@ -255,9 +288,7 @@ def test_current_key_names_the_tick(app: App, clock: FakeClock) -> None:
 def test_a_new_default_argument_does_not_stop_the_schedule(
     make_app: Callable[..., App], clock: FakeClock
 ) -> None:
-    """A release adds a defaulted parameter to a cron job whose next tick the old release
-    already enqueued: the new worker does not crash on that tick's job; it runs it and
-    moves the schedule on."""
+    """A new defaulted parameter does not crash the worker on a tick the old release enqueued."""
     old = make_app(clock=clock)
 
     @old.job(name="nightly", cron="*/5 * * * *")
@@ -299,8 +330,7 @@ def test_an_unknown_time_zone_fails_at_declaration() -> None:
 
 
 def test_a_cron_job_with_required_arguments_fails_at_declaration() -> None:
-    """Each tick enqueues the job with no arguments: a required one is refused; defaulted
-    ones are fine."""
+    """A cron job with a required parameter is refused at declaration; defaulted ones are fine."""
     app = App("sqlite:///:memory:")
 
     def needs(customer: str) -> None:
@@ -326,8 +356,7 @@ def test_an_unknown_missed_policy_fails_at_declaration() -> None:
 def test_two_worker_processes_on_a_fresh_database_make_one_schedule_and_one_tick(
     db_url: str, spawn_worker
 ) -> None:
-    """Two real workers started together on a fresh database: exactly one schedule row and
-    one queued job, for the next tick (a yearly cron: it cannot come due meanwhile)."""
+    """Two worker processes started on a fresh database make one schedule row and one tick job."""
     env = {"LIMITSAPP_CRON": "1"}
     workers = [spawn_worker(module="limitsapp", until_idle=True, env_extra=env) for _ in range(2)]
     for worker in workers:

@@ -168,7 +168,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
     ),
     "rates": (
         Column("key", "text"),
-        Column("tat", "double precision"),
+        Column("calls", "json"),
     ),
 }
 
@@ -666,6 +666,7 @@ def test_the_claim_reads_the_due_index_among_many_finished_jobs(pg_url: str) -> 
                 "limit": 10,
                 "now": T0 + 100,
                 "lease_until": T0 + 130,
+                "limited": [],
             }
             [(explained,)] = conn.execute(
                 "EXPLAIN (FORMAT JSON) " + store.Q["job_claim_due"], params

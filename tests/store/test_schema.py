@@ -144,7 +144,7 @@ SQLITE_SCHEMA = Schema(
         ),
         "stepstone_rates": (
             Column("key", "TEXT", not_null=True, primary_key=1),
-            _required("tat", "REAL"),
+            _required("calls", "TEXT"),
         ),
     },
     indexes={

@@ -1,4 +1,4 @@
-"""The pure parts of flow control: the rate-limit arithmetic and the Limit/Rate values."""
+"""The pure parts of flow control: the rate-limit window and the Limit/Rate values."""
 
 from __future__ import annotations
 
@@ -7,38 +7,51 @@ from datetime import timedelta
 import pytest
 
 from stepstone import Limit, Rate
-from stepstone.store.rows import gcra
+from stepstone.store.rows import rate_window
+
+#: Epoch-sized times, where float resolution is about a quarter of a microsecond.
+T = 1_700_000_000.0
 
 
-def test_a_burst_of_n_calls_goes_through_then_one_per_interval() -> None:
-    """Rate(10/s): ten calls at one instant pass, the eleventh waits a tenth of a second."""
-    tat = None
+def test_n_calls_go_at_once_and_the_next_waits_for_the_window() -> None:
+    """Rate(10/s): ten calls at one instant pass; the eleventh waits a whole second."""
+    calls: list[float] = []
     for _ in range(10):
-        wait, tat = gcra(tat, limit=10, per=1.0, now=100.0)
+        wait, kept = rate_window(calls, limit=10, per=1.0, now=T)
         assert wait == 0.0
-    wait, new = gcra(tat, limit=10, per=1.0, now=100.0)
-    assert new is None
-    assert wait == pytest.approx(0.1)
-    wait, tat = gcra(tat, limit=10, per=1.0, now=100.1)
+        assert kept is not None
+        calls = kept
+    wait, kept = rate_window(calls, limit=10, per=1.0, now=T)
+    assert kept is None
+    assert wait == pytest.approx(1.0)
+
+
+def test_no_window_ever_holds_more_than_n_calls() -> None:
+    """Whatever the timing of the requests, any `per` seconds hold at most n calls."""
+    calls: list[float] = []
+    taken: list[float] = []
+    now = T
+    for step in range(400):
+        now += (step % 7) * 0.013
+        _wait, kept = rate_window(calls, limit=5, per=1.0, now=now)
+        if kept is not None:
+            calls = kept
+            taken.append(now)
+    assert taken
+    for start in taken:
+        assert len([t for t in taken if start <= t < start + 1.0]) <= 5
+
+
+def test_the_wait_is_exactly_when_the_oldest_call_leaves_the_window() -> None:
+    """A refused call is told to come back when the oldest counted call is `per` old."""
+    calls = [T, T + 0.25, T + 0.5]
+    wait, kept = rate_window(calls, limit=3, per=1.0, now=T + 0.75)
+    assert kept is None
+    assert wait == pytest.approx(0.25)
+    wait, kept = rate_window(calls, limit=3, per=1.0, now=T + 1.0 + 1e-6)
     assert wait == 0.0
-
-
-def test_a_steady_rate_never_waits() -> None:
-    """Calls spaced by the interval are never held back, however many."""
-    tat = None
-    for n in range(100):
-        wait, tat = gcra(tat, limit=2, per=1.0, now=50.0 + n * 0.5)
-        assert wait == 0.0
-
-
-def test_an_idle_key_regains_its_burst() -> None:
-    """After a quiet period as long as the window, a full burst passes again."""
-    tat = None
-    for _ in range(3):
-        _, tat = gcra(tat, limit=3, per=3.0, now=0.0)
-    for _ in range(3):
-        wait, tat = gcra(tat, limit=3, per=3.0, now=3.0)
-        assert wait == 0.0
+    assert kept is not None
+    assert kept[0] == T + 0.25  # the old call has left the window
 
 
 def test_limit_and_rate_check_their_values() -> None:

@@ -18,6 +18,7 @@ committed is recognised by its fencing token). Tables live in their own schema
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -157,6 +158,8 @@ class PostgresStore(Store):
                 f"PostgreSQL schema name {self.schema!r} is too long: stepstone's notification "
                 "channel 'stepstone:<schema>' must fit in 63 bytes (use at most 53)"
             )
+        if "'" in self.schema:
+            raise StoreError(f"PostgreSQL schema name {self.schema!r} may not contain a quote")
         self._quoted = quote_identifier(self.schema)
         self.Q = {name: text.replace("{schema}", self._quoted) for name, text in _QUERIES.items()}
         self.channel = f"stepstone:{self.schema}"
@@ -432,10 +435,11 @@ class PostgresStore(Store):
             "limit": limit,
             "now": now,
             "lease_until": lease_until,
+            "limited": list(limited),
         }
         claimed = rows.claimed_jobs(self._fetch("job_claim_due", params))
         if limited and len(claimed) < limit:
-            params = {**params, "limit": limit - len(claimed), "limited": list(limited)}
+            params = {**params, "limit": limit - len(claimed)}
             claimed += self._claim_limited(params)
         return claimed
 
@@ -733,10 +737,10 @@ class PostgresStore(Store):
             with conn.transaction():
                 conn.execute(self.Q["rate_lock"], {"key": key})
                 row = conn.execute(self.Q["rate_get"], {"key": key}).fetchone()
-                tat = float(row["tat"]) if row and row["tat"] else None
-                wait, new = rows.gcra(tat, limit=limit, per=per, now=now)
-                if new is not None:
-                    conn.execute(self.Q["rate_set"], {"key": key, "tat": new})
+                calls = json.loads(row["calls"]) if row else []
+                wait, kept = rows.rate_window(calls, limit=limit, per=per, now=now)
+                if kept is not None:
+                    conn.execute(self.Q["rate_set"], {"key": key, "calls": json.dumps(kept)})
                 return wait
 
         return self._run(acquire)

@@ -97,16 +97,18 @@ def memo_record(row: Row) -> MemoRecord:
     )
 
 
-def gcra(tat: float | None, *, limit: int, per: float, now: float) -> tuple[float, float | None]:
-    """The generic cell rate algorithm: ``limit`` calls per ``per`` seconds, bursts of up to
-    ``limit``. Given the stored theoretical arrival time, returns (seconds to wait, new
-    tat): a wait of 0.0 means the call is allowed and the new tat is to be stored."""
-    interval = per / limit
-    tolerance = per - interval
-    current = now if tat is None else max(tat, now)
-    if current - now > tolerance + 1e-9:
-        return current - tolerance - now, None
-    return 0.0, current + interval
+def rate_window(
+    calls: list[float], *, limit: int, per: float, now: float
+) -> tuple[float, list[float] | None]:
+    """A sliding-window rate limit: at most ``limit`` calls in any ``per`` seconds.
+
+    ``calls`` are the times of the recent calls. Returns (seconds to wait, calls to store):
+    a wait of 0.0 means this call may go now and is recorded in the list to store.
+    """
+    recent = sorted(t for t in calls if t > now - per)
+    if len(recent) < limit:
+        return 0.0, [*recent, now]
+    return max(recent[-limit] + per - now, 1e-6), None
 
 
 def memo_decision(found: MemoRecord | None, job_id: str, fence: int, now: float) -> MemoClaim:
@@ -264,7 +266,7 @@ __all__ = [
     "duplicate_checkpoint",
     "error_params",
     "error_record",
-    "gcra",
+    "rate_window",
     "insert_params",
     "inserted_record",
     "job_record",

@@ -332,6 +332,7 @@ class SQLiteStore(Store):
             "names": json.dumps(list(names)),
             "queues": json.dumps(list(queues)) if queues is not None else None,
             "limit": limit,
+            "limited": json.dumps(list(limited)),
             "scan": limit + CLAIM_SCAN,
             "now": now,
             "lease_until": lease_until,
@@ -558,9 +559,10 @@ class SQLiteStore(Store):
     def rate_acquire(self, key: str, *, limit: int, per: float, now: float) -> float:
         with self._writing(durable=False) as conn:
             row = conn.execute(Q["rate_get"], {"key": key}).fetchone()
-            wait, tat = rows.gcra(row["tat"] if row else None, limit=limit, per=per, now=now)
-            if tat is not None:
-                conn.execute(Q["rate_set"], {"key": key, "tat": tat})
+            calls = json.loads(row["calls"]) if row else []
+            wait, kept = rows.rate_window(calls, limit=limit, per=per, now=now)
+            if kept is not None:
+                conn.execute(Q["rate_set"], {"key": key, "calls": json.dumps(kept)})
         return wait
 
     # checkpoints and errors -------------------------------------------------------------

@@ -35,7 +35,7 @@ WITH due AS (
     WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
       AND name = ANY(%(names)s::text[])
       AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NULL
+      AND (concurrency_key IS NULL OR NOT (name = ANY(%(limited)s::text[])))
     ORDER BY priority DESC, run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
@@ -68,7 +68,7 @@ LIMIT 100;
 -- Transaction-level locks on the keys no other claimer holds; the claim that follows (a
 -- new statement, so a new snapshot) counts their running jobs exactly.
 SELECT key FROM unnest(%(keys)s::text[]) AS key
-WHERE pg_try_advisory_xact_lock(hashtext('stepstone-limit:' || key));
+WHERE pg_try_advisory_xact_lock(hashtext('stepstone-limit:{schema}:' || key));
 
 -- name: job_claim_limited
 WITH running AS (
@@ -81,6 +81,7 @@ candidates AS (
     WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
       AND name = ANY(%(names)s::text[])
       AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
+      AND name = ANY(%(limited)s::text[])
       AND concurrency_key = ANY(%(keys)s::text[])
     ORDER BY priority DESC, run_at
     LIMIT %(scan)s
@@ -111,7 +112,7 @@ RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempt
 SELECT concurrency_key FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: limit_lock
-SELECT pg_advisory_xact_lock(hashtext('stepstone-limit:' || %(key)s));
+SELECT pg_advisory_xact_lock(hashtext('stepstone-limit:{schema}:' || %(key)s));
 
 -- name: job_claim
 UPDATE {schema}.jobs AS j
@@ -376,7 +377,7 @@ SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[])
   AND NOT id = ANY(%(ids)s::text[]);
 
 -- name: event_lock
-SELECT pg_advisory_xact_lock(hashtext('stepstone-event:' || %(event)s));
+SELECT pg_advisory_xact_lock(hashtext('stepstone-event:{schema}:' || %(event)s));
 
 -- name: child_lock
 SELECT state FROM {schema}.jobs WHERE id = %(child)s FOR SHARE;
@@ -419,7 +420,8 @@ DELETE FROM {schema}.signals WHERE created_at < to_timestamp(%(before)s);
 -- name: job_debounce
 UPDATE {schema}.jobs
 SET args = %(args)s, run_at = to_timestamp(%(run_at)s), queue = %(queue)s,
-    priority = %(priority)s, updated_at = to_timestamp(%(now)s)
+    priority = %(priority)s, updated_at = to_timestamp(%(now)s),
+    concurrency_key = %(concurrency_key)s, concurrency_limit = %(concurrency_limit)s
 WHERE debounce_key = %(debounce_key)s AND state = 'queued'
 RETURNING id;
 
@@ -452,10 +454,10 @@ SELECT name, extract(epoch FROM next_tick)::float8 AS next_tick FROM {schema}.sc
 ORDER BY name;
 
 -- name: rate_lock
-INSERT INTO {schema}.rates (key, tat) VALUES (%(key)s, 0) ON CONFLICT (key) DO NOTHING;
+INSERT INTO {schema}.rates (key, calls) VALUES (%(key)s, '[]') ON CONFLICT (key) DO NOTHING;
 
 -- name: rate_get
-SELECT tat FROM {schema}.rates WHERE key = %(key)s FOR UPDATE;
+SELECT calls::text AS calls FROM {schema}.rates WHERE key = %(key)s FOR UPDATE;
 
 -- name: rate_set
-UPDATE {schema}.rates SET tat = %(tat)s WHERE key = %(key)s;
+UPDATE {schema}.rates SET calls = %(calls)s WHERE key = %(key)s;

@@ -40,16 +40,18 @@ SET state = 'running', fence = fence + 1, attempts = attempts + 1 - replay, repl
     started_at = coalesce(started_at, :now), wait_event = NULL, debounce_key = NULL
 WHERE id IN (
     SELECT id FROM (
-        SELECT id, priority, run_at, concurrency_key, concurrency_limit,
+        SELECT id, name, priority, run_at, concurrency_key, concurrency_limit,
                row_number() OVER (
                    PARTITION BY concurrency_key ORDER BY priority DESC, run_at) AS rank
         FROM (
-            SELECT id, priority, run_at, concurrency_key, concurrency_limit
+            SELECT id, name, priority, run_at, concurrency_key, concurrency_limit
             FROM stepstone_jobs INDEXED BY stepstone_jobs_due
             WHERE state IN ('queued', 'waiting') AND run_at <= :now
               AND name IN (SELECT value FROM json_each(:names))
               AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
-              AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+              AND (concurrency_key IS NULL
+                   OR name NOT IN (SELECT value FROM json_each(:limited))
+                   OR concurrency_key NOT IN (
                   SELECT r.concurrency_key FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
                   WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL
                     AND r.lease_expires_at >= :now
@@ -58,6 +60,7 @@ WHERE id IN (
             ORDER BY priority DESC, run_at
             LIMIT :scan)) AS candidate
     WHERE concurrency_key IS NULL
+       OR name NOT IN (SELECT value FROM json_each(:limited))
        OR rank + (SELECT count(*) FROM stepstone_jobs r INDEXED BY stepstone_jobs_limited
                   WHERE r.state = 'running' AND r.concurrency_key = candidate.concurrency_key
                     AND r.lease_expires_at >= :now) <= concurrency_limit
@@ -298,7 +301,8 @@ DELETE FROM stepstone_signals WHERE created_at < :before;
 
 -- name: job_debounce
 UPDATE stepstone_jobs
-SET args = :args, run_at = :run_at, queue = :queue, priority = :priority, updated_at = :now
+SET args = :args, run_at = :run_at, queue = :queue, priority = :priority, updated_at = :now,
+    concurrency_key = :concurrency_key, concurrency_limit = :concurrency_limit
 WHERE debounce_key = :debounce_key AND state = 'queued'
 RETURNING *;
 
@@ -317,8 +321,8 @@ WHERE name = :name AND next_tick = :expected;
 SELECT name, next_tick FROM stepstone_schedules ORDER BY name;
 
 -- name: rate_get
-SELECT tat FROM stepstone_rates WHERE key = :key;
+SELECT calls FROM stepstone_rates WHERE key = :key;
 
 -- name: rate_set
-INSERT INTO stepstone_rates (key, tat) VALUES (:key, :tat)
-ON CONFLICT (key) DO UPDATE SET tat = excluded.tat;
+INSERT INTO stepstone_rates (key, calls) VALUES (:key, :calls)
+ON CONFLICT (key) DO UPDATE SET calls = excluded.calls;

@@ -33,9 +33,10 @@ CREATE TABLE {schema}.schedules (
     updated_at timestamptz NOT NULL
 );
 
+-- Rate limits: the times of the calls in the last window, per key (a JSON array).
 CREATE TABLE {schema}.rates (
-    key text PRIMARY KEY,
-    tat double precision NOT NULL
+    key   text PRIMARY KEY,
+    calls json NOT NULL
 );
 
 CREATE OR REPLACE VIEW {schema}.job_records AS

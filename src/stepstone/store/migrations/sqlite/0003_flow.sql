@@ -44,10 +44,10 @@ CREATE TABLE stepstone_schedules (
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 
--- Rate limits: the theoretical arrival time of the next call, per key (GCRA).
+-- Rate limits: the times of the calls in the last window, per key (a JSON array).
 CREATE TABLE stepstone_rates (
-    key TEXT PRIMARY KEY,
-    tat REAL NOT NULL
+    key   TEXT PRIMARY KEY,
+    calls TEXT NOT NULL
 ) WITHOUT ROWID;
 
 -- A job waiting for another job is woken, in the same transaction, when that job ends.
