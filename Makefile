@@ -41,6 +41,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/backfill.py
+	$(BIN)/python bench/flow.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
