@@ -199,7 +199,8 @@ class App:
         once across all workers. ``cron`` (a five-field cron expression, in ``timezone``,
         default UTC) enqueues the job once per tick; ``missed`` says what happens to ticks
         that passed while no worker ran: ``"latest"`` runs the most recent one once,
-        ``"all"`` runs each of them, ``"skip"`` runs none.
+        ``"all"`` runs each of them, ``"skip"`` runs none of them (the tick that was already
+        queued when the workers stopped runs late in every case).
         """
         if isinstance(concurrency, int) and not isinstance(concurrency, bool):
             concurrency = Limit(concurrency)
