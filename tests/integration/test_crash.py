@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 import workerapp
+from waiting import wait_for
 
 from stepstone import JobFailed
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until predicate() is true, failing the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def body_runs(log: Path) -> Counter[tuple[str, str]]:

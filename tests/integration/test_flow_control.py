@@ -21,19 +21,11 @@ from typing import Any
 import limitsapp
 import pytest
 from tests.conftest import INTEGRATION, SRC
+from waiting import wait_for
 
 import stepstone
 from stepstone import App, JobState, Limit, Rate
 from stepstone.testing import EPOCH, FakeClock
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    """Poll until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def unique(prefix: str) -> str:

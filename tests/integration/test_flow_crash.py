@@ -6,21 +6,13 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import flowcrashapp
 import pytest
+from waiting import wait_for
 
 from stepstone import JobFailed
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def runs(log: Path) -> Counter[tuple[str, str]]:

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import idemapp
 import pytest
+from waiting import wait_for
 
 import stepstone
 from stepstone import App, InvalidKey, JobFailed, Permanent, Retry
 from stepstone.store.base import MAX_KEY_BYTES
 from stepstone.testing import FakeClock
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def body_runs(log: Path) -> Counter[tuple[str, str]]:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import paymentsapp
 import pytest
 from examples import payments
 from tests.conftest import INTEGRATION, SRC
+from waiting import wait_for
 
 from stepstone import JobHandle
 
@@ -31,15 +31,6 @@ ROOT = Path(payments.__file__).resolve().parent.parent
 #: loaded machine cannot lose it the job (and make it ask the API a third time).
 KILLED_LEASE = 2.0
 SURVIVOR_LEASE = 5.0
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "it") -> None:
-    """Poll until predicate() is true, failing the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class PaymentsWorker:

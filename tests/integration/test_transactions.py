@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import idemapp
 import pytest
+from waiting import wait_for
 
 from stepstone import App, JobFailed, JobNotFound, Retry, StepstoneError, StoreError
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def body_runs(log: Path) -> Counter[str]:
