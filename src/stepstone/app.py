@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .clock import Clock, SystemClock
+from .completion import GroupCommit
 from .context import current_run, current_step
 from .errors import JobNotFound, KeyConflict, StepstoneError, UnknownJob
 from .handle import Enqueued, JobHandle
@@ -125,6 +126,7 @@ class App:
         self._functions: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._lease_keeper = LeaseKeeper(self)
+        self._group_commit = GroupCommit(self)
         self._finished = threading.Condition()
         self._workers: set[Worker] = set()
 

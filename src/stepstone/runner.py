@@ -498,7 +498,7 @@ class JobRun:
             except SerializationError as exc:
                 error = SerializationError(f"the result of job {self.name}: {exc}")
             else:
-                store.job_complete(self.job_id, self.fence, result=text, now=now)
+                self.app._group_commit.complete(self.job_id, self.fence, text)
                 self.succeeded = True
                 self.result = value
                 self.logger.info(

@@ -9,14 +9,16 @@ runs user code.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .context import logger
 from .errors import StoreError
@@ -28,6 +30,10 @@ from .store.base import ClaimedJob, IdleStatus
 _CHANGE_CHECK_SECONDS = 0.005
 #: How soon a worker looks again at due jobs it could not claim (at their concurrency limit).
 BLOCKED_RETRY_SECONDS = 0.25
+#: The most jobs a claim takes beyond its free slots.
+PREFETCH_MAX = 64
+#: Jobs claimed ahead only while this worker's jobs take at most this long on average.
+PREFETCH_MAX_SECONDS = 0.05
 
 if TYPE_CHECKING:
     from .app import App
@@ -68,8 +74,33 @@ class _DaemonThreads:
             self._tasks.put(None)
 
 
+class _HeldLease:
+    """A job claimed ahead and not started yet: the lease keeper heartbeats it like a run."""
+
+    def __init__(self, job: ClaimedJob) -> None:
+        self.since = time.monotonic()
+        self.job_id = job.id
+        self.name = job.name
+        self.fence = job.fence
+        self.attempt = job.attempt
+        self.interrupt: BaseException | None = None
+        self.interrupt_logged = False
+        self.outcome_written = False
+
+    def interrupt_with(self, error: BaseException) -> None:
+        self.interrupt = error
+
+
 class Worker:
-    """Runs jobs of one App until stopped (or, with ``until_idle``, until idle)."""
+    """Runs jobs of one App until stopped (or, with ``until_idle``, until idle).
+
+    Claiming ahead: while the jobs it runs are short (under ``PREFETCH_MAX_SECONDS`` on
+    average), a claim takes up to ``prefetch`` jobs more than it has free slots for, and
+    starts them as slots free up, so that one claim serves many short jobs. Their leases
+    are heartbeated like running jobs', and they are released at shutdown. Long jobs, and
+    apps with concurrency limits, never claim ahead, so no job waits behind another in
+    this worker while other workers are idle.
+    """
 
     def __init__(
         self,
@@ -79,6 +110,7 @@ class Worker:
         queues: list[str] | str | None = None,
         until_idle: bool = False,
         shutdown_grace: float | None = None,
+        prefetch: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -102,6 +134,13 @@ class Worker:
         self._limited = sorted(
             name for name, definition in app.jobs.items() if definition.concurrency is not None
         )
+        #: How many jobs a claim may take beyond the free slots, while jobs are short.
+        self.prefetch = min(PREFETCH_MAX, 4 * concurrency) if prefetch is None else prefetch
+        self._buffer: collections.deque[ClaimedJob] = collections.deque()
+        self._held: dict[str, _HeldLease] = {}
+        self._started_at: dict[tuple[str, int], float] = {}
+        #: The average run time of this worker's recent jobs (None before the first).
+        self._average_seconds: float | None = None
 
     # control ----------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -289,19 +328,45 @@ class Worker:
             waiters[0].cancel()
             self._wake.clear()
 
+    def _ahead(self) -> int:
+        """How many jobs the next claim may take beyond its free slots."""
+        average = self._average_seconds
+        if self._limited or self._stop.is_set() or average is None:
+            return 0
+        return self.prefetch if average <= PREFETCH_MAX_SECONDS else 0
+
     async def _claim(self, names: list[str]) -> list[ClaimedJob]:
         free = self.concurrency - len(self.running)
         if free <= 0 or not names:
             return []
+        held: list[ClaimedJob] = []
+        stale: list[ClaimedJob] = []
+        while self._buffer and len(held) + len(stale) < free:
+            job = self._buffer.popleft()
+            lease = self._held.pop(job.id, None)
+            if lease is None:
+                continue
+            self.app._lease_keeper.discard(cast(Any, lease))
+            if lease.interrupt is not None:  # cancelled, or its lease was lost
+                continue
+            # Held for longer than a heartbeat interval (this process may have been frozen
+            # past its lease): make sure the job is still ours before running it.
+            old = time.monotonic() - lease.since > self.app.lease / 3
+            (stale if old else held).append(job)
+        if stale:
+            held += await self._still_ours(stale)
+        if held:
+            return held
         app = self.app
         now = app.clock.now()
+        ahead = self._ahead()
         try:
             claimed = await app._call_store(
                 lambda: app.store.job_claim_due(
                     owner=self.owner,
                     names=names,
                     queues=self.queues,
-                    limit=free,
+                    limit=free + ahead,
                     now=now,
                     lease_until=now + app.lease,
                     limited=self._limited,
@@ -314,7 +379,53 @@ class Worker:
             await asyncio.sleep(min(1.0, app.lease / 4))
             return []
         self.claimed_total += len(claimed)
-        return claimed
+        for job in claimed[free:]:
+            lease = _HeldLease(job)
+            self._held[job.id] = lease
+            self._buffer.append(job)
+            app._lease_keeper.add(cast(Any, lease))
+        return claimed[:free]
+
+    async def _still_ours(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
+        app = self.app
+        try:
+            records = await app._call_store(
+                lambda: app.store.job_get_many(ids=[job.id for job in jobs])
+            )
+        except StoreError:
+            return []
+        now = app.clock.now()
+        found = {record.id: record for record in records}
+        kept = []
+        for job in jobs:
+            record = found.get(job.id)
+            if (
+                record is not None
+                and record.state == "running"
+                and record.fence == job.fence
+                and record.lease_owner == self.owner
+                and (record.lease_expires_at or 0) > now
+            ):
+                kept.append(job)
+        return kept
+
+    async def _release_held(self) -> None:
+        """Give back the jobs claimed ahead and not started (shutdown)."""
+        app = self.app
+        while self._buffer:
+            job = self._buffer.popleft()
+            lease = self._held.pop(job.id, None)
+            if lease is not None:
+                app._lease_keeper.discard(cast(Any, lease))
+            try:
+                await app._call_store(app.store.job_release, job.id, job.fence, now=app.clock.now())
+            except StoreError:
+                logger.exception(
+                    "could not release job %s claimed ahead; another worker takes it over "
+                    "when its lease expires",
+                    job.id,
+                    extra={"action": "store.error", "job_id": job.id},
+                )
 
     async def _keep_schedules(self, scheduled: list[JobDefinition[Any, Any]]) -> None:
         """Enqueue the next tick of every cron job this worker serves."""
@@ -386,10 +497,17 @@ class Worker:
         else:
             future = asyncio.wrap_future(threads.submit(lambda: execute_sync(self.app, job)))
         self.running[(job.id, job.fence)] = future
+        assert self._loop is not None
+        self._started_at[(job.id, job.fence)] = self._loop.time()
         future.add_done_callback(functools.partial(self._done, job.id, job.fence))
 
     def _done(self, job_id: str, fence: int, future: asyncio.Future[Any]) -> None:
         self.running.pop((job_id, fence), None)
+        started = self._started_at.pop((job_id, fence), None)
+        if started is not None and self._loop is not None:
+            took = self._loop.time() - started
+            average = self._average_seconds
+            self._average_seconds = took if average is None else 0.8 * average + 0.2 * took
         if not future.cancelled() and future.exception() is not None:
             logger.error(
                 "job %s crashed the runner",
@@ -401,7 +519,9 @@ class Worker:
             self._wake.set()
 
     async def _drain(self) -> None:
-        """Shutdown: wait for running steps up to the grace period, then release the rest."""
+        """Shutdown: give back jobs claimed ahead, wait for running steps up to the grace
+        period, then release the rest."""
+        await self._release_held()
         if not self.running:
             return
         for run in self.app._lease_keeper.active():

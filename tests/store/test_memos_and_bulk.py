@@ -751,3 +751,36 @@ def test_get_many_finds_jobs_by_id_and_by_key(store: Store) -> None:
     both = store.job_get_many(ids=[first], keys=["many:1", "many:2"])
     assert sorted(record.id for record in both) == sorted([first, second])
     assert store.job_get_many() == []
+
+
+# --- job_complete_many -------------------------------------------------------------------------
+
+
+def test_complete_many_records_every_owned_success_and_explains_the_rest(store: Store) -> None:
+    """job_complete_many writes the successes of the runs that own their jobs, and returns
+    LeaseLost or JobCancelled for the others, writing nothing for them."""
+    from stepstone.store.base import Completion
+
+    owned = [running_job(store) for _ in range(3)]
+    stale = running_job(store)
+    cancelled = running_job(store)
+    assert store.job_cancel(cancelled.id, now=T0)
+    refused = store.job_complete_many(
+        [
+            *(Completion(job.id, job.fence, f'"{n}"') for n, job in enumerate(owned)),
+            Completion(stale.id, stale.fence + 1, '"stale"'),
+            Completion(cancelled.id, cancelled.fence, '"late"'),
+        ],
+        now=T0 + 1,
+    )
+    assert {job_id: type(error).__name__ for job_id, error in refused.items()} == {
+        stale.id: "LeaseLost",
+        cancelled.id: "JobCancelled",
+    }
+    for n, job in enumerate(owned):
+        record = store.job_get(job.id)
+        assert record is not None
+        assert (record.state, record.result, record.finished_at) == ("succeeded", f'"{n}"', T0 + 1)
+    record = store.job_get(stale.id)
+    assert record is not None
+    assert record.state == "running"

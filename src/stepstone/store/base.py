@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import StepstoneError
+
 
 class JobState(enum.StrEnum):
     """Where a job is in its life. ``str`` values, stored as they are."""
@@ -196,6 +198,15 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Completion:
+    """A job's success to record, with the fencing token of the run that achieved it."""
+
+    job_id: str
+    fence: int
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
 class InsertResult:
     """The job a key names, and whether this insert created it."""
 
@@ -324,6 +335,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
         """Record success, durably. Raises ``LeaseLost`` or ``JobCancelled`` if not the owner."""
+
+    def job_complete_many(
+        self, completions: Sequence[Completion], *, now: float
+    ) -> dict[str, StepstoneError]:
+        """Record the success of several jobs in one durable transaction (group commit).
+
+        Returns, for each job whose write was refused (not the owner any more), why. The
+        default writes them one by one; stores override it with one statement.
+        """
+        refused: dict[str, StepstoneError] = {}
+        for done in completions:
+            try:
+                self.job_complete(done.job_id, done.fence, result=done.result, now=now)
+            except StepstoneError as exc:
+                refused[done.job_id] = exc
+        return refused
 
     @abc.abstractmethod
     def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
@@ -534,6 +561,7 @@ __all__ = [
     "WAIT_FOREVER",
     "Checkpoint",
     "ClaimedJob",
+    "Completion",
     "ErrorRecord",
     "IdleStatus",
     "InsertResult",

@@ -33,6 +33,7 @@ from .base import (
     POISON_RECLAIMS,
     Checkpoint,
     ClaimedJob,
+    Completion,
     ErrorRecord,
     IdleStatus,
     InsertResult,
@@ -582,6 +583,42 @@ class PostgresStore(Store):
     def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
         params = {"id": job_id, "fence": fence, "result": result, "now": now}
         self._outcome("job_complete", params, JobState.SUCCEEDED)
+
+    def job_complete_many(
+        self, completions: Sequence[Completion], *, now: float
+    ) -> dict[str, StepstoneError]:
+        params = {
+            "ids": [done.job_id for done in completions],
+            "fences": [done.fence for done in completions],
+            "results": [done.result for done in completions],
+            "now": now,
+        }
+
+        def complete(conn: psycopg.Connection[Row], retried: bool) -> dict[str, StepstoneError]:
+            written = {row["id"] for row in conn.execute(self.Q["job_complete_many"], params)}
+            missed = [done for done in completions if done.job_id not in written]
+            if not missed:
+                return {}
+            owners = {
+                row["id"]: row
+                for row in conn.execute(
+                    self.Q["job_owners"], {"ids": [done.job_id for done in missed]}
+                )
+            }
+            refused: dict[str, StepstoneError] = {}
+            for done in missed:
+                row = owners.get(done.job_id)
+                if (
+                    retried
+                    and row is not None
+                    and row["fence"] == done.fence
+                    and row["state"] == JobState.SUCCEEDED
+                ):
+                    continue  # the earlier try committed before its connection broke
+                refused[done.job_id] = rows.refusal(done.job_id, done.fence, row)
+            return refused
+
+        return self._run(complete)
 
     def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
         params = {"id": job_id, "fence": fence, "error": error, "now": now}

@@ -25,6 +25,7 @@ from .base import (
     POISON_RECLAIMS,
     Checkpoint,
     ClaimedJob,
+    Completion,
     ErrorRecord,
     IdleStatus,
     InsertResult,
@@ -423,6 +424,17 @@ class SQLiteStore(Store):
         with self._writing(durable=True) as conn:
             if conn.execute(Q["job_complete"], params).rowcount != 1:
                 raise self._refuse(conn, job_id, fence)
+
+    def job_complete_many(
+        self, completions: Sequence[Completion], *, now: float
+    ) -> dict[str, StepstoneError]:
+        refused: dict[str, StepstoneError] = {}
+        with self._writing(durable=True) as conn:  # one fsync for the group
+            for done in completions:
+                params = {"id": done.job_id, "fence": done.fence, "result": done.result, "now": now}
+                if conn.execute(Q["job_complete"], params).rowcount != 1:
+                    refused[done.job_id] = self._refuse(conn, done.job_id, done.fence)
+        return refused
 
     def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
         params = {"id": job_id, "fence": fence, "error": error, "now": now}

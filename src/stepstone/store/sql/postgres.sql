@@ -179,6 +179,20 @@ SET state = 'succeeded', result = %(result)s, lease_owner = NULL, lease_expires_
     updated_at = to_timestamp(%(now)s), finished_at = to_timestamp(%(now)s)
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
+-- name: job_complete_many
+-- Group commit of successes: one statement for every job whose run finished meanwhile.
+UPDATE {schema}.jobs AS j
+SET state = 'succeeded', result = done.result::json, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = to_timestamp(%(now)s),
+    finished_at = to_timestamp(%(now)s)
+FROM unnest(%(ids)s::text[], %(fences)s::bigint[], %(results)s::text[])
+     AS done (id, fence, result)
+WHERE j.id = done.id AND j.fence = done.fence AND j.state = 'running'
+RETURNING j.id;
+
+-- name: job_owners
+SELECT id, state, fence FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]);
+
 -- name: job_fail
 UPDATE {schema}.jobs
 SET state = 'failed', error = %(error)s, lease_owner = NULL, lease_expires_at = NULL,
