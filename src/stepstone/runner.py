@@ -119,6 +119,10 @@ class JobRun:
         self.outcome_written = False
         #: Whether this run stored the job's success, and the value it stored.
         self.succeeded = False
+        #: A worker's run hands its success to the flusher instead of waiting for it.
+        self.defer_completion = False
+        #: Set while a deferred success is not written yet (the lease stays watched).
+        self.outcome_pending = False
         self.result: Any = None
         self.stopping = False
         self.replayed = 0
@@ -498,6 +502,16 @@ class JobRun:
             except SerializationError as exc:
                 error = SerializationError(f"the result of job {self.name}: {exc}")
             else:
+                if self.defer_completion:
+                    # The worker's slot takes the next job while the success is written;
+                    # the lease watch and the log wait for the write (see _completed).
+                    self.outcome_pending = True
+                    self.succeeded = True
+                    self.result = value
+                    self.app._group_commit.complete_later(
+                        self.job_id, self.fence, text, self._completed
+                    )
+                    return
                 self.app._group_commit.complete(self.job_id, self.fence, text)
                 self.succeeded = True
                 self.result = value
@@ -538,6 +552,35 @@ class JobRun:
             describe_error(error),
             extra={"action": "job.failed"},
         )
+
+    def _completed(self, error: BaseException | None) -> None:
+        """The flusher wrote (or could not write) this run's deferred success."""
+        try:
+            if error is None:
+                self.logger.info(
+                    "job %s succeeded (%d step(s) run, %d replayed)",
+                    self.job_id,
+                    self.executed,
+                    self.replayed,
+                    extra={"action": "job.succeeded"},
+                )
+            elif isinstance(error, LeaseLost | JobCancelled):
+                self.succeeded = False
+                self.interrupt = error
+                self._report_interrupt()
+            else:
+                self.succeeded = False
+                self.logger.error(
+                    "could not record the success of job %s (%s); it stays claimed until "
+                    "its lease expires, then another worker replays it",
+                    self.job_id,
+                    error,
+                    extra={"action": "store.error"},
+                )
+        finally:
+            self.outcome_pending = False
+            self.app._lease_keeper.discard(self)
+            self.app._job_finished(self.job_id)
 
     def _report_interrupt(self) -> None:
         if isinstance(self.interrupt, LeaseLost) and self.interrupt_logged:
@@ -605,12 +648,13 @@ def _decode_arguments(
     return run, args, kwargs
 
 
-def execute_sync(app: App, claimed: ClaimedJob) -> JobRun | None:
+def execute_sync(app: App, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
     """Run one attempt of a sync job in this thread."""
     prepared = _decode_arguments(app, claimed)
     if prepared is None:
         return None
     run, args, kwargs = prepared
+    run.defer_completion = defer
     app._lease_keeper.add(run)
     token = current_run.set(run)
     try:
@@ -627,16 +671,18 @@ def execute_sync(app: App, claimed: ClaimedJob) -> JobRun | None:
         current_run.reset(token)
         run.finish(value)
     finally:
-        app._lease_keeper.discard(run)
+        if not run.outcome_pending:
+            app._lease_keeper.discard(run)
     return run
 
 
-async def execute_async(app: App, claimed: ClaimedJob) -> JobRun | None:
+async def execute_async(app: App, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
     """Run one attempt of an ``async def`` job on the running event loop."""
     prepared = await app._call_store(_decode_arguments, app, claimed)
     if prepared is None:
         return None
     run, args, kwargs = prepared
+    run.defer_completion = defer
     run.task = asyncio.current_task()
     run.loop = asyncio.get_running_loop()
     app._lease_keeper.add(run)
@@ -678,7 +724,8 @@ async def execute_async(app: App, claimed: ClaimedJob) -> JobRun | None:
         current_run.reset(token)
         await app._call_store(run.finish, value)
     finally:
-        app._lease_keeper.discard(run)
+        if not run.outcome_pending:
+            app._lease_keeper.discard(run)
     return run
 
 

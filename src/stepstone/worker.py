@@ -32,6 +32,8 @@ _CHANGE_CHECK_SECONDS = 0.005
 BLOCKED_RETRY_SECONDS = 0.25
 #: The most jobs a claim takes beyond its free slots.
 PREFETCH_MAX = 64
+#: How long a stopping worker waits for the successes it handed to the flusher.
+FLUSH_TIMEOUT = 30.0
 #: Jobs claimed ahead only while this worker's jobs take at most this long on average.
 PREFETCH_MAX_SECONDS = 0.05
 
@@ -493,9 +495,11 @@ class Worker:
         )
         future: asyncio.Future[Any]
         if definition.is_async:
-            future = asyncio.ensure_future(execute_async(self.app, job))
+            future = asyncio.ensure_future(execute_async(self.app, job, defer=True))
         else:
-            future = asyncio.wrap_future(threads.submit(lambda: execute_sync(self.app, job)))
+            future = asyncio.wrap_future(
+                threads.submit(lambda: execute_sync(self.app, job, defer=True))
+            )
         self.running[(job.id, job.fence)] = future
         assert self._loop is not None
         self._started_at[(job.id, job.fence)] = self._loop.time()
@@ -523,6 +527,7 @@ class Worker:
         period, then release the rest."""
         await self._release_held()
         if not self.running:
+            await self._flush_successes()
             return
         for run in self.app._lease_keeper.active():
             if (run.job_id, run.fence) in self.running:
@@ -536,6 +541,16 @@ class Worker:
             await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.1))
         if self.running:
             await self._release_all()
+        await self._flush_successes()
+
+    async def _flush_successes(self) -> None:
+        """Before the worker returns: the successes handed to the flusher are written."""
+        if not await asyncio.to_thread(self.app._group_commit.wait_flushed, FLUSH_TIMEOUT):
+            logger.warning(
+                "some job successes were not written before the worker stopped; those jobs "
+                "are replayed once their leases expire",
+                extra={"action": "worker.flush_timeout"},
+            )
 
     async def _release_all(self) -> None:
         app = self.app

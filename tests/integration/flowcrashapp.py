@@ -59,7 +59,7 @@ def build_app(url: str | None, *, lease: float = 1.0, grace: float = 30.0) -> Ap
 
     if os.environ.get("FLOWCRASH_CRON"):
 
-        @app.job(name="flowcrash.tick", cron="* * * * *")
+        @app.job(name="flowcrash.tick", cron="0 0 1 1 *")
         def tick() -> str:
             return stepstone.current().key or ""
 
