@@ -153,3 +153,31 @@ def test_group_commit_writes_successes_that_arrive_together_in_one_go(app: App) 
     assert [type(error).__name__ for error in errors] == ["LeaseLost"]
     states = [handle.record().state for handle in handles]
     assert states.count("succeeded") == 15
+
+
+def test_a_stopping_worker_leaves_no_job_claimed(make_app: Callable[..., App]) -> None:
+    """Stopped in the middle of a stream of short jobs, a worker leaves every job either
+    succeeded (its handed-off success written) or queued (given back): none stays
+    running under its lease."""
+    app = make_app(poll_interval=0.05)
+
+    @app.job(name="quick")
+    def quick(n: int) -> int:
+        return n
+
+    app.enqueue_many(quick, [(n,) for n in range(400)])
+    worker = Worker(app, concurrency=4)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(
+            lambda: len(app.store.job_list(states=["succeeded"], limit=1000)) >= 50,
+            what="some jobs to finish",
+        )
+    finally:
+        worker.stop()
+        thread.join(20)
+    states = {job.state for job in app.store.job_list(limit=1000)}
+    assert states <= {"succeeded", "queued"}
+    Worker(app, concurrency=4, until_idle=True).run()
+    assert {job.state for job in app.store.job_list(limit=1000)} == {"succeeded"}
