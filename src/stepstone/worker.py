@@ -36,6 +36,8 @@ PREFETCH_MAX = 64
 FLUSH_TIMEOUT = 30.0
 #: Jobs claimed ahead only while this worker's jobs take at most this long on average.
 PREFETCH_MAX_SECONDS = 0.05
+#: At most this much work (by the recent average run time) is held claimed ahead.
+PREFETCH_HOLD_SECONDS = 0.25
 
 if TYPE_CHECKING:
     from .app import App
@@ -97,8 +99,9 @@ class Worker:
     """Runs jobs of one App until stopped (or, with ``until_idle``, until idle).
 
     Claiming ahead: while the jobs it runs are short (under ``PREFETCH_MAX_SECONDS`` on
-    average), a claim takes up to ``prefetch`` jobs more than it has free slots for, and
-    starts them as slots free up, so that one claim serves many short jobs. Their leases
+    average), a claim takes up to ``prefetch`` jobs more than it has free slots for (no
+    more than ``PREFETCH_HOLD_SECONDS`` of work at the recent average), and starts them as
+    slots free up, so that one claim serves many short jobs. Their leases
     are heartbeated like running jobs', and they are released at shutdown. Long jobs, and
     apps with concurrency limits, never claim ahead, so no job waits behind another in
     this worker while other workers are idle.
@@ -136,8 +139,8 @@ class Worker:
         self._limited = sorted(
             name for name, definition in app.jobs.items() if definition.concurrency is not None
         )
-        #: How many jobs a claim may take beyond the free slots, while jobs are short.
-        self.prefetch = min(PREFETCH_MAX, 4 * concurrency) if prefetch is None else prefetch
+        #: At most how many jobs a claim may take beyond the free slots, while jobs are short.
+        self.prefetch = PREFETCH_MAX if prefetch is None else prefetch
         self._buffer: collections.deque[ClaimedJob] = collections.deque()
         self._held: dict[str, _HeldLease] = {}
         self._started_at: dict[tuple[str, int], float] = {}
@@ -335,7 +338,12 @@ class Worker:
         average = self._average_seconds
         if self._limited or self._stop.is_set() or average is None:
             return 0
-        return self.prefetch if average <= PREFETCH_MAX_SECONDS else 0
+        if average > PREFETCH_MAX_SECONDS:
+            return 0
+        # Hold no more than PREFETCH_HOLD_SECONDS of this worker's work, so that jobs it
+        # claimed ahead never wait long while other workers could have run them.
+        fits = int(PREFETCH_HOLD_SECONDS * self.concurrency / max(average, 1e-6))
+        return max(0, min(self.prefetch, fits))
 
     async def _claim(self, names: list[str]) -> list[ClaimedJob]:
         free = self.concurrency - len(self.running)
