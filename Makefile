@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench bench-smoke bench-micro clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,27 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-dev
+# Side by side with the peers (issue 6): their own virtual environment, bench/.venv-peers,
+# so that none of them ever becomes a dependency of stepstone. `make bench` is the full run
+# (about 20 minutes), `make bench-smoke` the same matrix at tiny sizes; BENCH_ARGS passes
+# options on, e.g. BENCH_ARGS="--systems stepstone,floors --scenarios throughput".
+PEERS := bench/.venv-peers
+BENCH_ARGS ?=
+
+$(PEERS)/.installed: pyproject.toml bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -e . -r bench/requirements-peers.txt
+	touch $@
+
+bench: $(PEERS)/.installed
+	$(PEERS)/bin/python bench/compare.py $(BENCH_ARGS)
+
+bench-smoke: $(PEERS)/.installed
+	$(PEERS)/bin/python bench/compare.py --quick $(BENCH_ARGS)
+
+# stepstone alone: the standalone scripts described in bench/README.md.
+bench-micro: $(VENV)/.installed-dev
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/backfill.py
