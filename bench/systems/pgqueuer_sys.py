@@ -16,9 +16,13 @@ How each scenario maps onto PgQueuer (it has entrypoints but no steps):
   every 0.5 ms until its row has left ``pgqueuer``. No steps: ``per_step_us`` is null.
 - ``throughput``: one ``Queries.enqueue`` call per 1,000 jobs, then one worker subprocess
   (what ``pgq run`` does: ``pgqueuer.run`` on uvloop) drains them; done once ``pgqueuer`` is
-  empty. Steps 3 are skipped. See ``worker_options`` for what ``--concurrency`` means.
-- ``latency``: an idle worker subprocess; each sample enqueues a job whose body first
-  writes ``time.time()`` to a file; latency is that minus the time just before ``enqueue``.
+  empty. ``jobs_per_s`` runs the worker at ``--concurrency`` (see ``worker_options``: PgQueuer
+  has no single concurrency knob); ``defaults_jobs_per_s`` repeats the drain on a fresh
+  database with ``pgq run``'s defaults (batch 10, no limit), whatever ``--concurrency`` is.
+  Steps 3 are skipped.
+- ``latency``: an idle worker subprocess with ``pgq run``'s defaults; each sample enqueues
+  a job whose body first writes ``time.time()`` to a file; latency is that minus the time
+  just before ``enqueue``.
 - ``scale``: ``rows`` finished jobs are inserted with SQL as the three ``pgqueuer_log`` rows
   each leaves (already aggregated); claim latency is one ``Queries.dequeue`` of one due job
   (``batch_size=1``, the worker's own query), median of 200; then ``jobs`` no-op jobs are
@@ -56,51 +60,41 @@ PG_ONLY = {"skipped": "PostgreSQL only"}
 
 PENDING_SQL = "SELECT EXISTS (SELECT 1 FROM pgqueuer)"
 
-# What --concurrency means for the worker subprocess; BENCH_PGQUEUER_LIMIT chooses:
-#   "none"       PgQueuer's defaults whatever C is (batch 10, no limit: every claimed job is
-#                started at once as an asyncio task)
-#   "entrypoint" C > 1: defaults; C = 1: entrypoint concurrency_limit=1 ("serialised
-#                dispatch", enforced in SQL)
-#   "tasks"      max_concurrent_tasks=C (the per-worker cap; it must be >= 2 * batch_size,
-#                so batch_size = C // 2; C = 1 falls back to concurrency_limit=1)
-LIMIT_ENV = "BENCH_PGQUEUER_LIMIT"
-BATCH_ENV = "BENCH_PGQUEUER_BATCH"  # batch_size override for the worker subprocess
-DEFAULT_LIMIT = "none"
+DEFAULTS = {"batch_size": DEFAULT_BATCH, "max_concurrent_tasks": None, "concurrency_limit": 0}
 
 
-def worker_options(concurrency: int) -> dict[str, Any]:
-    """``batch_size``, ``max_concurrent_tasks`` and entrypoint ``concurrency_limit``."""
-    mode = os.environ.get(LIMIT_ENV, DEFAULT_LIMIT)
-    batch = int(os.environ.get(BATCH_ENV, DEFAULT_BATCH))
-    options: dict[str, Any] = {
-        "batch_size": batch,
-        "max_concurrent_tasks": None,
+def worker_options(concurrency: int | None) -> dict[str, Any]:
+    """``batch_size``, ``max_concurrent_tasks`` and the entrypoints' ``concurrency_limit``.
+
+    ``None``: PgQueuer's defaults (batch 10, no limit: each claimed job starts at once as
+    an asyncio task). 1: ``concurrency_limit=1`` ("serialised dispatch", enforced in SQL;
+    ``max_concurrent_tasks`` cannot be 1) with ``batch_size=1``, because a finished job
+    holds its slot until its status is written, which with batch 10 waits for the 0.1 s
+    flush timer (about 10 jobs/s). C > 1: ``max_concurrent_tasks=C`` (the worker's cap)
+    with ``batch_size=min(10, C // 2)``, since PgQueuer requires C >= 2 * batch_size.
+    """
+    if concurrency is None:
+        return dict(DEFAULTS)
+    if concurrency == 1:
+        return {"batch_size": 1, "max_concurrent_tasks": None, "concurrency_limit": 1}
+    return {
+        "batch_size": max(1, min(DEFAULT_BATCH, concurrency // 2)),
+        "max_concurrent_tasks": concurrency,
         "concurrency_limit": 0,
     }
-    if mode == "entrypoint" and concurrency == 1:
-        options["concurrency_limit"] = 1
-    elif mode == "tasks":
-        if concurrency == 1:
-            options["concurrency_limit"] = 1
-        else:
-            options["batch_size"] = min(batch, concurrency // 2)
-            options["max_concurrent_tasks"] = concurrency
-    elif mode not in ("none", "entrypoint"):
-        raise ValueError(f"{LIMIT_ENV}={mode!r}: expected none, entrypoint or tasks")
-    return options
 
 
-def settings(concurrency: int | None = None) -> dict[str, Any]:
+def settings(concurrency: int | None = None, worker: str | None = None) -> dict[str, Any]:
     found: dict[str, Any] = {
         "version": "pgqueuer 1.6.0, asyncpg 0.32.0, uvloop (pgq run's event loop)",
         "consumer": "PgQueuer(AsyncpgDriver(one asyncpg connection)), async def no-op "
         "entrypoints, as in PgQueuer's README; other run() options default "
         "(dequeue_timeout 30 s, heartbeat_timeout 30 s, log aggregation every 30 s)",
         "enqueue": "Queries.enqueue with lists, 1,000 jobs per call",
+        "worker": worker or {"concurrency": concurrency, **worker_options(concurrency)},
     }
-    if concurrency is not None:
-        found["worker"] = {"concurrency_mapping": os.environ.get(LIMIT_ENV, DEFAULT_LIMIT)}
-        found["worker"].update(worker_options(concurrency))
+    if worker is None and concurrency is not None:
+        found["defaults_worker"] = {"concurrency": None, **DEFAULTS}
     return found
 
 
@@ -144,11 +138,14 @@ async def _enqueue_noops(queries: Any, jobs: int) -> None:
         await queries.enqueue(["noop"] * size, [None] * size, [0] * size)
 
 
-def _worker_cmd(url: str, concurrency: int) -> list[str]:
+def _worker_cmd(url: str, concurrency: int | None) -> list[str]:
+    """The worker subprocess; ``concurrency`` None: PgQueuer's defaults."""
+    if concurrency is None:
+        return common.python_cmd(MODULE, "_worker_defaults", "--url", url)
     return common.python_cmd(MODULE, "_worker", "--url", url, "--concurrency", str(concurrency))
 
 
-def _drain(url: str, concurrency: int) -> common.Drain:
+def _drain(url: str, concurrency: int | None) -> common.Drain:
     with common.pg_connect(url) as conn:
         return common.drain(
             _worker_cmd(url, concurrency),
@@ -169,7 +166,7 @@ def worker(args: argparse.Namespace) -> None:
     import pgqueuer
     from pgqueuer.core import logconfig
 
-    options = worker_options(args.concurrency)
+    options = worker_options(None if args.scenario == "_worker_defaults" else args.concurrency)
     logconfig.setup_fancy_logger(logconfig.LogLevel.INFO)  # pgq run's default --log-level
 
     def factory() -> Any:
@@ -195,8 +192,7 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     with common.fresh_postgres(SYSTEM, args.url) as url:
         _run_loop(_install(url))
         seconds = _run_loop(_overhead(url, args.jobs, batch_size=1))
-    found = settings()
-    found["worker"] = "in-process QueueManager.run(batch_size=1)"
+    found = settings(worker="in-process QueueManager.run(batch_size=1), no limits")
     return {
         "zero_step_jobs_per_s": round(args.jobs / seconds, 1),
         "three_step_jobs_per_s": None,
@@ -246,9 +242,15 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     with common.fresh_postgres(SYSTEM, args.url) as url:
         _run_loop(_install(url, args.jobs))
         drained = _drain(url, args.concurrency)
+    # the same drain with PgQueuer's defaults (pgq run as shipped), for reference
+    with common.fresh_postgres(SYSTEM, args.url) as url:
+        _run_loop(_install(url, args.jobs))
+        defaults = _drain(url, None)
     return {
         "jobs_per_s": round(args.jobs / drained.seconds, 1),
         "seconds": round(drained.seconds, 3),
+        "defaults_jobs_per_s": round(args.jobs / defaults.seconds, 1),
+        "defaults_seconds": round(defaults.seconds, 3),
         "settings": settings(args.concurrency),
     }
 
@@ -261,13 +263,21 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         stamps = folder / "stamps.txt"
         stamps.touch()
         os.environ[STAMPS_ENV] = str(stamps)
-        with common.Worker(_worker_cmd(url, 1)) as proc:
-            seconds = _run_loop(_latency(url, args.samples, stamps, proc))
-    return {**common.latency_fields(seconds), "settings": settings(1)}
+        with common.Worker(_worker_cmd(url, None)) as proc:
+            seconds, calls = _run_loop(_latency(url, args.samples, stamps, proc))
+    found = settings(worker="pgq run defaults (batch_size 10, no concurrency limit)")
+    return {
+        **common.latency_fields(seconds),
+        "enqueue_call_ms": round(statistics.median(calls) * 1000, 3),
+        "settings": found,
+    }
 
 
-async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) -> list[float]:
+async def _latency(
+    url: str, samples: int, stamps: Path, proc: common.Worker
+) -> tuple[list[float], list[float]]:
     results: list[float] = []
+    calls: list[float] = []
     connection = await _connect(url)
     try:
         queries = _queries(connection)
@@ -275,6 +285,7 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
             for i in range(-WARMUP, samples):
                 enqueued = time.time()
                 await queries.enqueue("stamp", str(i).encode())
+                returned = time.time()
                 line = ""
                 while not line.endswith("\n"):
                     if not proc.alive():
@@ -285,13 +296,14 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
                 assert int(index) == i, line
                 if i >= 0:
                     results.append(float(started) - enqueued)
+                    calls.append(returned - enqueued)
                 # let the worker record the job and go idle before the next sample
                 while await connection.fetchval(PENDING_SQL):
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(0.02)
     finally:
         await connection.close()
-    return results
+    return results, calls
 
 
 def scale(args: argparse.Namespace) -> dict[str, Any]:
@@ -387,6 +399,7 @@ HANDLERS = {
     "scale": scale,
     "memory": memory,
     "_worker": worker,
+    "_worker_defaults": worker,
 }
 
 if __name__ == "__main__":

@@ -200,8 +200,12 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         stamps = folder / "stamps.txt"
         stamps.touch()
         with common.Worker(_worker_cmd(url, 1)) as proc:
-            seconds = asyncio.run(_latency(url, args.samples, stamps, proc))
-    return {**common.latency_fields(seconds), "settings": SETTINGS}
+            seconds, calls = asyncio.run(_latency(url, args.samples, stamps, proc))
+    return {
+        **common.latency_fields(seconds),
+        "enqueue_call_ms": round(statistics.median(calls) * 1000, 3),
+        "settings": SETTINGS,
+    }
 
 
 async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) -> list[float]:
@@ -209,6 +213,7 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
 
     app = build_app(url)
     results: list[float] = []
+    calls: list[float] = []
     async with (
         app.open_async(),
         await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
@@ -218,6 +223,7 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
             for i in range(-WARMUP, samples):
                 enqueued = time.time()
                 await stamp.defer_async(i=i, path=str(stamps))
+                returned = time.time()
                 line = ""
                 while not line.endswith("\n"):
                     if not proc.alive():
@@ -228,6 +234,7 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
                 assert int(index) == i, line
                 if i >= 0:
                     results.append(float(started) - enqueued)
+                    calls.append(returned - enqueued)
                 # let the worker record the job and go idle before the next sample
                 while True:
                     cursor = await conn.execute(PENDING_SQL)
@@ -236,7 +243,7 @@ async def _latency(url: str, samples: int, stamps: Path, proc: common.Worker) ->
                         break
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(0.02)
-    return results
+    return results, calls
 
 
 def scale(args: argparse.Namespace) -> dict[str, Any]:
