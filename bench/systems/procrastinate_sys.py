@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -83,9 +84,15 @@ async def _defer_noops(app: Any, jobs: int) -> None:
 def _scratch() -> Iterator[Path]:
     """A temporary folder for the worker's log (and latency stamps), removed after."""
     folder = Path(tempfile.mkdtemp(prefix="bench_procrastinate_"))
-    os.environ[LOG_ENV] = str(folder / "worker.log")
+    log = folder / "worker.log"
+    os.environ[LOG_ENV] = str(log)
     try:
         yield folder
+    except BaseException:
+        if log.exists():  # the worker's last words, before the folder goes
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print("worker log:", *tail, sep="\n", file=sys.stderr)
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -98,7 +105,7 @@ def _pending(conn: Any) -> bool:
     return bool(conn.execute(PENDING_SQL).fetchone()[0])
 
 
-def _drain(url: str, jobs: int, concurrency: int) -> common.Drain:
+def _drain(url: str, concurrency: int) -> common.Drain:
     with common.pg_connect(url) as conn:
         return common.drain(_worker_cmd(url, concurrency), lambda: not _pending(conn))
 
@@ -184,7 +191,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         return {"skipped": "no steps"}
     with common.fresh_postgres(SYSTEM, args.url) as url, _scratch():
         asyncio.run(_install(url, args.jobs))
-        drained = _drain(url, args.jobs, args.concurrency)
+        drained = _drain(url, args.concurrency)
     return {
         "jobs_per_s": round(args.jobs / drained.seconds, 1),
         "seconds": round(drained.seconds, 3),
@@ -257,7 +264,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         insert_seconds = time.perf_counter() - started
         claim_seconds = asyncio.run(_claims(url, CLAIMS))
         asyncio.run(_enqueue(url, args.jobs))
-        drained = _drain(url, args.jobs, args.concurrency)
+        drained = _drain(url, args.concurrency)
     return {
         "claim_ms": round(statistics.median(claim_seconds) * 1000, 3),
         "jobs_per_s": round(args.jobs / drained.seconds, 1),
@@ -319,7 +326,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         return PG_ONLY
     with common.fresh_postgres(SYSTEM, args.url) as url, _scratch():
         asyncio.run(_install(url, args.jobs))
-        drained = _drain(url, args.jobs, args.concurrency)
+        drained = _drain(url, args.concurrency)
     return {
         "peak_rss_mb": round(drained.peak_rss_mb, 1),
         "concurrency": args.concurrency,

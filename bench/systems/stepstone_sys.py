@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -308,7 +309,9 @@ def worker(argv: list[str]) -> None:
     app, _ = build(args.url)
     app.store  # noqa: B018 - open (and migrate) before saying READY
     common.signal_ready()
-    app.run_worker(concurrency=args.concurrency)
+    app.run_worker(
+        concurrency=args.concurrency, prefetch=int(os.environ.get("BENCH_STEPSTONE_PREFETCH", "64"))
+    )
     app.close()
 
 

@@ -761,12 +761,15 @@ class App:
         concurrency: int = 8,
         queues: list[str] | str | None = None,
         until_idle: bool = False,
+        prefetch: int = 0,
     ) -> None:
         """Run a worker in this thread until it is stopped (SIGTERM/SIGINT in the main
         thread) or, with ``until_idle=True``, until no job runs and none is due."""
         from .worker import Worker
 
-        Worker(self, concurrency=concurrency, queues=queues, until_idle=until_idle).run()
+        Worker(
+            self, concurrency=concurrency, queues=queues, until_idle=until_idle, prefetch=prefetch
+        ).run()
 
     # operations -------------------------------------------------------------------------
     def get_job(self, job_id: str) -> JobHandle:

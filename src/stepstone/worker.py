@@ -98,7 +98,9 @@ class _HeldLease:
 class Worker:
     """Runs jobs of one App until stopped (or, with ``until_idle``, until idle).
 
-    Claiming ahead: while the jobs it runs are short (under ``PREFETCH_MAX_SECONDS`` on
+    Claiming ahead (opt-in, ``prefetch=``; off by default because, around a PostgreSQL
+    restart, held jobs started after the restart could be rescued and run twice more often
+    than in-flight jobs): while the jobs it runs are short (under ``PREFETCH_MAX_SECONDS`` on
     average), a claim takes up to ``prefetch`` jobs more than it has free slots for (no
     more than ``PREFETCH_HOLD_SECONDS`` of work at the recent average), and starts them as
     slots free up, so that one claim serves many short jobs. Their leases
@@ -140,7 +142,7 @@ class Worker:
             name for name, definition in app.jobs.items() if definition.concurrency is not None
         )
         #: At most how many jobs a claim may take beyond the free slots, while jobs are short.
-        self.prefetch = PREFETCH_MAX if prefetch is None else prefetch
+        self.prefetch = 0 if prefetch is None else prefetch
         self._buffer: collections.deque[ClaimedJob] = collections.deque()
         self._held: dict[str, _HeldLease] = {}
         self._started_at: dict[tuple[str, int], float] = {}

@@ -48,7 +48,7 @@ def test_short_jobs_are_claimed_ahead_and_all_run_once(make_app: Callable[..., A
 
     app.enqueue_many(quick, [(n,) for n in range(200)])
     limits = counting_claims(app)
-    Worker(app, concurrency=2, until_idle=True).run()
+    Worker(app, concurrency=2, until_idle=True, prefetch=64).run()
     assert sorted(ran) == list(range(200))
     assert most[0] <= 2
     assert max(limits) > 2  # claimed ahead once the jobs proved short
@@ -66,7 +66,7 @@ def test_long_jobs_are_not_claimed_ahead(make_app: Callable[..., App]) -> None:
 
     app.enqueue_many(slow, [(n,) for n in range(5)])
     limits = counting_claims(app)
-    Worker(app, concurrency=1, until_idle=True).run()
+    Worker(app, concurrency=1, until_idle=True, prefetch=64).run()
     assert set(limits) <= {1}
 
 
@@ -90,7 +90,7 @@ def test_a_stopping_worker_gives_back_the_jobs_it_claimed_ahead(
         return n
 
     app.enqueue_many(warm, [(n,) for n in range(20)])
-    worker = Worker(app, concurrency=1)
+    worker = Worker(app, concurrency=1, prefetch=64)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -166,7 +166,7 @@ def test_a_stopping_worker_leaves_no_job_claimed(make_app: Callable[..., App]) -
         return n
 
     app.enqueue_many(quick, [(n,) for n in range(400)])
-    worker = Worker(app, concurrency=4)
+    worker = Worker(app, concurrency=4, prefetch=64)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
