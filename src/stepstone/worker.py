@@ -511,8 +511,9 @@ class Worker:
                 threads.submit(lambda: execute_sync(self.app, job, defer=True))
             )
         self.running[(job.id, job.fence)] = future
-        assert self._loop is not None
-        self._started_at[(job.id, job.fence)] = self._loop.time()
+        if self.prefetch:  # the run-time average only decides how far to claim ahead
+            assert self._loop is not None
+            self._started_at[(job.id, job.fence)] = self._loop.time()
         future.add_done_callback(functools.partial(self._done, job.id, job.fence))
 
     def _done(self, job_id: str, fence: int, future: asyncio.Future[Any]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import flowapp
 import pytest
+from waiting import body_runs, wait_for
 
 import stepstone
 from stepstone import (
@@ -28,22 +29,6 @@ from stepstone import (
     Worker,
 )
 from stepstone.testing import EPOCH, FakeClock
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    """Poll until predicate() is true, failing the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def body_runs(log: Path) -> Counter[tuple[str, str]]:
-    """How many times each step body ran, by (step, role)."""
-    if not log.exists():
-        return Counter()
-    return Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
 
 
 @contextmanager
@@ -68,9 +53,16 @@ def background_worker(
 
 
 def children_of(app: App, parent_id: str, name: str) -> list[stepstone.JobHandle]:
-    """The jobs named ``name`` whose parent is ``parent_id``, oldest first."""
+    """The jobs named ``name`` whose parent is ``parent_id``, in the order the parent
+    enqueued them (its history positions; ids of one millisecond are in no order)."""
     records = [r for r in app.store.job_list(name=name, limit=1000) if r.parent_id == parent_id]
-    return [app.get_job(r.id) for r in sorted(records, key=lambda r: (r.created_at, r.id))]
+
+    def position(record: object) -> tuple[float, int, str]:
+        key = getattr(record, "key", None) or ""
+        tail = key.rpartition("#")[2]
+        return (record.created_at, int(tail) if tail.isdigit() else 0, record.id)  # type: ignore[attr-defined]
+
+    return [app.get_job(r.id) for r in sorted(records, key=position)]
 
 
 def run_until_finished(app: App, clock: FakeClock, handle: stepstone.JobHandle) -> None:
@@ -376,7 +368,7 @@ def test_a_killed_parent_does_not_enqueue_its_children_again(
     app = flowapp.build_app(db_url, lease=1.0)
     parent = app.enqueue("flowapp.parent", str(log), 3)
     worker = spawn_worker(module="flowapp", concurrency=1)
-    eventually(Path(f"{log}.before-park").exists, what="the parent to enqueue its children")
+    wait_for(Path(f"{log}.before-park").exists, what="the parent to enqueue its children")
     assert [c.state for c in children_of(app, parent.id, "flowapp.child")] == ["queued"] * 3
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
@@ -819,7 +811,7 @@ def test_a_sync_step_timeout_abandons_the_attempt(make_app: Callable[..., App]) 
     with background_worker(app, concurrency=1):
         try:
             assert started.wait(10)
-            eventually(lambda: handle.state == "queued", timeout=5, what="the step to time out")
+            wait_for(lambda: handle.state == "queued", timeout=5, what="the step to time out")
             record = handle.record()
             assert (record.state, record.lease_owner) == ("queued", None)
             assert [(e.step, e.type) for e in handle.errors()] == [
@@ -873,7 +865,7 @@ def test_an_abandoned_step_keeps_its_worker_slot_until_its_body_returns(
     with background_worker(app, concurrency=2, until_idle=False):
         try:
             assert started.wait(10)
-            eventually(lambda: abandoned.state == "succeeded", timeout=5, what="the retry")
+            wait_for(lambda: abandoned.state == "succeeded", timeout=5, what="the retry")
             first = app.enqueue(next_job, 0)
             second = app.enqueue(next_job, 1)
             assert first_started.wait(10)

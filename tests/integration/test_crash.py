@@ -6,21 +6,13 @@ import re
 import signal
 import sqlite3
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import workerapp
-from waiting import wait_for
+from waiting import body_runs, wait_for
 
 from stepstone import JobFailed
-
-
-def body_runs(log: Path) -> Counter[tuple[str, str]]:
-    """How many times each step body ran, by (step, role)."""
-    if not log.exists():
-        return Counter()
-    return Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
 
 
 def idempotency_keys(log: Path) -> dict[str, set[str]]:

@@ -5,25 +5,18 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import idemapp
 import pytest
-from waiting import wait_for
+from waiting import body_runs, wait_for
 
 import stepstone
 from stepstone import App, InvalidKey, JobFailed, Permanent, Retry
 from stepstone.store.base import MAX_KEY_BYTES
 from stepstone.testing import FakeClock
-
-
-def body_runs(log: Path) -> Counter[tuple[str, str]]:
-    if not log.exists():
-        return Counter()
-    return Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
 
 
 def ocr_app(app: App, calls: list[str]) -> tuple[object, object]:

@@ -13,26 +13,11 @@ from pathlib import Path
 
 import flowapp
 import pytest
+from waiting import body_runs, wait_for
 
 import stepstone
 from stepstone import App, JobFailed, Retry, StepstoneError, WaitTimeout
 from stepstone.testing import EPOCH, FakeClock
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    """Poll until predicate() is true, failing the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def body_runs(log: Path) -> Counter[tuple[str, str]]:
-    """How many times each step body ran, by (step, role)."""
-    if not log.exists():
-        return Counter()
-    return Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
 
 
 def counted_steps(app: App, calls: Counter[str]) -> tuple[object, object]:
@@ -545,7 +530,7 @@ def test_a_worker_killed_right_before_a_sleep_parks(
     app = flowapp.build_app(db_url, lease=1.0)
     handle = app.enqueue("flowapp.sleeper", str(log), 1.0)
     worker = spawn_worker(module="flowapp", concurrency=1)
-    eventually(Path(f"{log}.before-park").exists, what="the job to reach its sleep")
+    wait_for(Path(f"{log}.before-park").exists, what="the job to reach its sleep")
     killed_at = time.time()
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
@@ -568,7 +553,7 @@ def test_a_worker_killed_while_its_job_sleeps(db_url: str, tmp_path: Path, spawn
     app = flowapp.build_app(db_url, lease=1.0)
     handle = app.enqueue("flowapp.sleeper", str(log), 1.5)
     worker = spawn_worker(module="flowapp", concurrency=1)
-    eventually(lambda: handle.state == "waiting", what="the job to park")
+    wait_for(lambda: handle.state == "waiting", what="the job to park")
     wake_at = handle.record().run_at
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
@@ -591,7 +576,7 @@ def test_a_worker_killed_while_its_job_waits_for_a_signal(
     app = flowapp.build_app(db_url, lease=1.0)
     handle = app.enqueue("flowapp.waiter", str(log), "go:1")
     worker = spawn_worker(module="flowapp", concurrency=1)
-    eventually(lambda: handle.state == "waiting", what="the job to wait")
+    wait_for(lambda: handle.state == "waiting", what="the job to wait")
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
 
@@ -610,7 +595,7 @@ def test_a_signal_sent_while_the_killed_job_awaits_its_rescue_is_kept(
     app = flowapp.build_app(db_url, lease=1.0)
     handle = app.enqueue("flowapp.waiter", str(log), "go:2")
     worker = spawn_worker(module="flowapp", concurrency=1)
-    eventually(Path(f"{log}.before-park").exists, what="the job to reach its wait")
+    wait_for(Path(f"{log}.before-park").exists, what="the job to reach its wait")
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
     assert app.signal("go:2", "kept") == 0

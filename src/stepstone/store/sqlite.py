@@ -334,7 +334,8 @@ class SQLiteStore(Store):
             "queues": json.dumps(list(queues)) if queues is not None else None,
             "limit": limit,
             "limited": json.dumps(list(limited)),
-            "scan": limit + CLAIM_SCAN,
+            # Without limited jobs every candidate is taken: no need to look past them.
+            "scan": limit + CLAIM_SCAN if limited else limit,
             "now": now,
             "lease_until": lease_until,
         }
