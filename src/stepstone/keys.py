@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import InvalidKey
-from .store.base import MAX_KEY_BYTES
+from .types import MAX_KEY_BYTES
 
 _FIELD_ROOT = re.compile(r"^[^.\[]*")
 
@@ -21,6 +21,11 @@ def check_key(key: str, *, what: str = "key") -> str:
         raise InvalidKey(f"a {what} must be a str, not {type(key).__name__} ({key!r})")
     if not key:
         raise InvalidKey(f"a {what} must not be empty")
+    if "\x00" in key:
+        raise InvalidKey(
+            f"{what} {key[:60]!r} holds a NUL character (\\x00), which no store can keep in "
+            "text; remove it or encode the value (hex, base64) into the key"
+        )
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > MAX_KEY_BYTES:
         raise InvalidKey(

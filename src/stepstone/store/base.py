@@ -10,41 +10,32 @@ never sees SQL or a driver exception: a backend translates them into the errors 
 from __future__ import annotations
 
 import abc
-import enum
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import StepstoneError
-
-
-class JobState(enum.StrEnum):
-    """Where a job is in its life. ``str`` values, stored as they are."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATES
-
-
-FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-
-#: The longest job key or memo key, in UTF-8 bytes (PostgreSQL's unique index holds keys
-#: of up to about 2,700 bytes; one limit keeps both stores alike).
-MAX_KEY_BYTES = 1000
-
-#: The run_at of a job that waits with no time limit (the year 3000).
-WAIT_FOREVER = 32_503_680_000.0
-#: The wait event of a job waiting for another job to finish.
-JOB_EVENT_PREFIX = "stepstone.job:"
+from ..errors import JobCancelled, LeaseLost, StepstoneError
+from ..types import (
+    FINISHED_STATES,
+    JOB_EVENT_PREFIX,
+    MAX_KEY_BYTES,
+    WAIT_FOREVER,
+    Checkpoint,
+    ClaimedJob,
+    Completion,
+    ErrorRecord,
+    IdleStatus,
+    InsertResult,
+    JobRecord,
+    JobState,
+    MemoClaim,
+    MemoRecord,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Rescue,
+)
 
 #: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
 POISON_RECLAIMS = 5
@@ -68,113 +59,6 @@ def poison_error(job_id: str, reclaims: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """A job to insert."""
-
-    id: str
-    name: str
-    queue: str
-    key: str | None
-    args: str
-    priority: int
-    run_at: float
-    #: The job that enqueued this one from its own code (a child job).
-    parent_id: str | None = None
-    #: At most ``concurrency_limit`` jobs with this key run at once (with a live lease).
-    concurrency_key: str | None = None
-    concurrency_limit: int | None = None
-    #: A later enqueue with this key replaces this job while it is queued.
-    debounce_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    """A job as stored."""
-
-    id: str
-    name: str
-    queue: str
-    key: str | None
-    args: str
-    state: JobState
-    priority: int
-    run_at: float
-    attempts: int
-    fence: int
-    reclaims: int
-    lease_owner: str | None
-    lease_expires_at: float | None
-    result: str | None
-    error: str | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    parent_id: str | None = None
-    #: What a waiting job waits for (an event, or ``stepstone.job:<id>``).
-    wait_event: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    """A job this worker now owns, with the fencing token of its claim."""
-
-    id: str
-    name: str
-    queue: str
-    key: str | None
-    args: str
-    fence: int
-    attempt: int
-    priority: int
-    created_at: float = 0.0
-    #: When the job first started (its timeout counts from here).
-    started_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """One entry of a job's step history: a result (``ok``) or a final error (``error``)."""
-
-    seq: int
-    name: str
-    status: str
-    value: str
-    attempts: int
-    created_at: float
-    #: The memo key the value was stored under or taken from (``attempts == 0``: a hit).
-    memo: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MemoRecord:
-    """A memo key as stored: ``computing`` while a run owns it, then ``done``."""
-
-    key: str
-    state: str
-    step: str
-    value: str | None
-    owner_job: str | None
-    owner_fence: int | None
-    expires_at: float | None
-    created_at: float
-    updated_at: float
-    #: Whether the owning run still holds its job's lease (read with the record).
-    owner_alive: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MemoClaim:
-    """What ``memo_acquire`` found: a stored value (hit), the key now ours, or a live owner."""
-
-    #: ``hit``, ``acquired`` or ``busy``.
-    outcome: str
-    value: str | None = None
-    #: When busy: the job computing the key. When acquired: the job whose claim was taken over.
-    other_job: str | None = None
-
-
 class StepTransaction(abc.ABC):
     """An open database transaction for a transactional step, plus its checkpoint write."""
 
@@ -184,51 +68,6 @@ class StepTransaction(abc.ABC):
     @abc.abstractmethod
     def checkpoint(self, *, seq: int, name: str, value: str, attempts: int, now: float) -> None:
         """Write the step's ``ok`` checkpoint inside the transaction (fenced)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRecord:
-    """The error of one failed attempt of a job or of one of its steps."""
-
-    attempt: int
-    seq: int | None
-    step: str | None
-    error: str
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A job's success to record, with the fencing token of the run that achieved it."""
-
-    job_id: str
-    fence: int
-    result: str
-
-
-@dataclass(frozen=True, slots=True)
-class InsertResult:
-    """The job a key names, and whether this insert created it."""
-
-    job: JobRecord
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class IdleStatus:
-    """What a worker needs to know to decide whether it is idle."""
-
-    due: bool
-    running: int
-    next_run_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rescue:
-    """What one pass of the rescuer did."""
-
-    requeued: Sequence[str]
-    poisoned: Sequence[str]
 
 
 class Store(abc.ABC):
@@ -351,6 +190,61 @@ class Store(abc.ABC):
             except StepstoneError as exc:
                 refused[done.job_id] = exc
         return refused
+
+    def job_transition_many(
+        self, outcomes: Sequence[Outcome], *, now: float
+    ) -> dict[str, StepstoneError]:
+        """Write how several runs ended, each only while its fence owns the running job,
+        in one durable transaction (group commit).
+
+        Returns, for each job whose transition was refused, why (``LeaseLost`` or
+        ``JobCancelled``); the others are written. A store error fails the whole group.
+        """
+        refused: dict[str, StepstoneError] = {}
+        for outcome in outcomes:
+            try:
+                self._transition_one(outcome, now=now)
+            except (LeaseLost, JobCancelled) as exc:
+                refused[outcome.job_id] = exc
+        return refused
+
+    def job_transition(self, outcome: Outcome, *, now: float) -> None:
+        """Write how one run ended; raises ``LeaseLost`` or ``JobCancelled`` if refused."""
+        refused = self.job_transition_many([outcome], now=now)
+        if refused:
+            raise refused[outcome.job_id]
+
+    def _transition_one(self, outcome: Outcome, *, now: float) -> None:
+        kind, job_id, fence = outcome.kind, outcome.job_id, outcome.fence
+        if kind is OutcomeKind.COMPLETE:
+            assert outcome.result is not None
+            self.job_complete(job_id, fence, result=outcome.result, now=now)
+        elif kind is OutcomeKind.FAIL:
+            assert outcome.error is not None
+            self.job_fail(job_id, fence, error=outcome.error, attempt=outcome.attempt, now=now)
+        elif kind is OutcomeKind.RETRY:
+            assert outcome.error is not None
+            self.job_retry_later(
+                job_id,
+                fence,
+                error=outcome.error,
+                attempt=outcome.attempt,
+                run_at=outcome.run_at,
+                now=now,
+            )
+        elif kind is OutcomeKind.RELEASE:
+            if not self.job_release(job_id, fence, now=now):
+                raise LeaseLost(f"job {job_id}: fence {fence} no longer owns it; not released")
+        else:
+            self.job_park(
+                job_id,
+                fence,
+                until=outcome.run_at,
+                event=outcome.event,
+                signal_after=outcome.signal_after,
+                child=outcome.child,
+                now=now,
+            )
 
     @abc.abstractmethod
     def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
@@ -570,6 +464,8 @@ __all__ = [
     "MemoClaim",
     "MemoRecord",
     "NewJob",
+    "Outcome",
+    "OutcomeKind",
     "Rescue",
     "StepTransaction",
     "Store",
