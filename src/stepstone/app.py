@@ -4,43 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-import socket
 import sys
-import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
+from . import _enqueue
+from ._enqueue import BATCH_SIZE, new_job_id
+from ._enqueue import seconds as _seconds
+from ._run_now import run_now
+from ._runtime import Runtime
 from .clock import Clock, SystemClock
-from .completion import GroupCommit
-from .context import current_run, current_step
-from .errors import JobNotFound, KeyConflict, StepstoneError, UnknownJob
+from .errors import JobNotFound, StepstoneError, UnknownJob
 from .handle import Enqueued, JobHandle
 from .job import DEFAULT_QUEUE, JobDefinition
-from .keys import KeyTemplate, check_key
-from .lease import LeaseKeeper
+from .keys import check_key
 from .limits import Limit, Rate
 from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
 from .schedule import Schedule
 from .serialization import dumps
 from .step import StepDefinition, TransactionStep
 from .store import Store, open_store
-from .store.base import JOB_EVENT_PREFIX, InsertResult, JobRecord, JobState, MemoRecord, NewJob
 from .store.urls import mask_password
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .types import JOB_EVENT_PREFIX, MemoRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///stepstone.db"
-#: How many jobs ``enqueue_many`` writes per transaction.
-BATCH_SIZE = 1000
 _OPTIONS = {
     "clock",
     "poll_interval",
@@ -52,10 +45,6 @@ _OPTIONS = {
 }
 
 
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
 def _declaring_scope() -> dict[str, Any] | None:
     """The local names of the user code that applies a decorator, for resolving its type
     hints later (a class declared in a function body). None at module level."""
@@ -65,16 +54,6 @@ def _declaring_scope() -> dict[str, Any] | None:
     if frame is None or frame.f_locals is frame.f_globals:
         return None
     return dict(frame.f_locals)
-
-
-def new_job_id() -> str:
-    """A UUID (version 7 layout): time-ordered, so new rows land at the end of the index."""
-    millis = time.time_ns() // 1_000_000
-    value = (millis << 80) | secrets.randbits(80)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class App:
@@ -119,42 +98,40 @@ class App:
         for name in ("busy_timeout", "schema", "pool_size"):
             if name in options:
                 self._store_options[name] = options[name]
-        self._store: Store | None = options.get("store")
-        self._store_lock = threading.Lock()
         self.jobs: dict[str, JobDefinition[Any, Any]] = {}
         self.steps: dict[str, StepDefinition[Any, Any]] = {}
         self._functions: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._lease_keeper = LeaseKeeper(self)
-        self._group_commit = GroupCommit(self)
-        self._finished = threading.Condition()
-        self._workers: set[Worker] = set()
+        given: Store | None = options.get("store")
+        self._runtime = Runtime(
+            given if given is not None else self._open_store,
+            jobs=self.jobs,
+            clock=self.clock,
+            lease=self.lease,
+            poll_interval=self.poll_interval,
+            shutdown_grace=self.shutdown_grace,
+        )
+        self.owner = self._runtime.owner
 
     def __repr__(self) -> str:
         return f"<stepstone.App {mask_password(self.url)} jobs={len(self.jobs)}>"
 
     # the store --------------------------------------------------------------------------
+    def _open_store(self) -> Store:
+        return open_store(self.url, **self._store_options)
+
     @property
     def store(self) -> Store:
         """The store, opened (and migrated) on first use."""
-        store = self._store
-        if store is None:
-            with self._store_lock:
-                if self._store is None:
-                    self._store = open_store(self.url, **self._store_options)
-                store = self._store
-        return store
+        return self._runtime.store
+
+    @property
+    def runtime(self) -> Runtime:
+        """The engine's runtime (internal): what workers and job runs of this App use."""
+        return self._runtime
 
     def close(self) -> None:
         """Close the store's connections."""
-        if self._store is not None:
-            self._store.close()
-
-    async def _call_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a blocking store operation from async code."""
-        if self.store.inline_calls:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        self._runtime.close()
 
     # declaring jobs and steps -----------------------------------------------------------
     @overload
@@ -221,14 +198,13 @@ class App:
                     stacklevel=3,
                 )
             definition = JobDefinition(
-                self,
                 function,
                 localns=_declaring_scope(),
                 name=job_name,
                 queue=queue,
                 retry=retry.with_defaults(DEFAULT_JOB_RETRY) if retry else DEFAULT_JOB_RETRY,
                 priority=priority,
-                timeout=timeout,
+                timeout=_seconds(timeout) if timeout is not None else None,
                 concurrency=concurrency,
                 schedule=(
                     Schedule(cron, timezone=timezone, missed=missed, fn=function, name=job_name)
@@ -290,13 +266,13 @@ class App:
         def register(function: Callable[P, R]) -> StepDefinition[P, R]:
             step_name = name or function.__name__
             definition = StepDefinition(
-                self,
+                self._runtime,
                 function,
                 name=step_name,
                 retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
                 localns=_declaring_scope(),
                 key=key,
-                ttl=ttl,
+                ttl=_seconds(ttl) if ttl is not None else None,
                 timeout=_seconds(timeout) if timeout is not None else None,
                 rate=rate,
             )
@@ -331,7 +307,7 @@ class App:
         def register(function: Callable[Concatenate[Any, P], R]) -> TransactionStep[P, R]:
             step_name = name or function.__name__
             definition: TransactionStep[P, R] = TransactionStep(
-                self,
+                self._runtime,
                 function,
                 name=step_name,
                 retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
@@ -391,57 +367,19 @@ class App:
         own code (not in a step), the enqueue is part of the job's history: a replay gets
         the same child job back.
         """
-        definition = self._definition(job)
-        if debounce is not None:
-            if delay is not None or run_at is not None or connection is not None:
-                raise ValueError(
-                    "enqueue(debounce=...) sets the due time itself and writes on its own: "
-                    "it takes no delay=, run_at= or connection="
-                )
-            return self._debounce(
-                definition,
-                args,
-                kwargs,
-                key=key,
-                wait=_seconds(debounce),
-                queue=queue,
-                priority=priority,
-            )
-        run = current_run.get()
-        if run is not None and current_step.get() is None and connection is None:
-            from .flow import checkpointed_enqueue
-
-            run.check()
-            due = self._due(delay, run_at)
-
-            def insert(child_key: str) -> str:
-                return self._insert(
-                    definition,
-                    args,
-                    kwargs,
-                    key=child_key,
-                    run_at=due,
-                    queue=queue,
-                    priority=priority,
-                    parent_id=run.job_id,
-                ).id
-
-            child_id, child_key = checkpointed_enqueue(run, insert, key)
-            self._wake_workers()
-            return JobHandle(self, child_id, child_key)
-        record = self._insert(
-            definition,
+        return _enqueue.enqueue(
+            self._runtime,
+            self._definition(job),
             args,
             kwargs,
             key=key,
-            run_at=self._due(delay, run_at),
+            delay=delay,
+            run_at=run_at,
             queue=queue,
             priority=priority,
             connection=connection,
+            debounce=debounce,
         )
-        if connection is None:
-            self._wake_workers()
-        return JobHandle(self, record.id, record.key)
 
     def enqueue_many(
         self,
@@ -467,179 +405,17 @@ class App:
         Returns the handles, new and existing, in item order, with ``.new`` and
         ``.existing`` counts.
         """
-        definition = self._definition(job)
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        template = (
-            KeyTemplate(key, definition.fn, what=f"key of job {definition.name}")
-            if key is not None
-            else None
-        )
-        due = self._due(delay, run_at)
-        result = Enqueued()
-        batch: list[NewJob] = []
-        for index, item in enumerate(items):
-            args, kwargs = _item_arguments(item, index)
-            job_key = template.render(args, kwargs) if template is not None else None
-            batch.append(
-                self._new_job(
-                    definition,
-                    args,
-                    kwargs,
-                    key=job_key,
-                    run_at=due,
-                    queue=queue,
-                    priority=priority,
-                )
-            )
-            if len(batch) >= batch_size:
-                self._insert_batch(batch, result, first_index=len(result))
-                batch = []
-        if batch:
-            self._insert_batch(batch, result, first_index=len(result))
-        if result.new:
-            self._wake_workers()
-        return result
-
-    def _insert_batch(self, batch: list[NewJob], result: Enqueued, *, first_index: int) -> None:
-        """Write one batch; repeats of a key within it are answered from its first item."""
-        first: dict[str, int] = {}
-        unique: list[NewJob] = []
-        for position, new in enumerate(batch):
-            if new.key is not None and new.key in first:
-                continue
-            if new.key is not None:
-                first[new.key] = position
-            unique.append(new)
-        inserted = dict(
-            zip(
-                (new.id for new in unique),
-                self.store.job_insert_many(unique, now=self.clock.now()),
-                strict=True,
-            )
-        )
-        handles: list[JobHandle] = []
-        new_count = existing_count = 0
-        for position, new in enumerate(batch):
-            outcome = inserted.get(new.id)
-            if outcome is None:  # a repeat within the batch
-                assert new.key is not None
-                outcome = InsertResult(inserted[batch[first[new.key]].id].job, created=False)
-            if not outcome.created:
-                self._check_same(outcome.job, new, index=first_index + position)
-            handles.append(JobHandle(self, outcome.job.id, outcome.job.key))
-            if outcome.created:
-                new_count += 1
-            else:
-                existing_count += 1
-        result._extend(handles, new=new_count, existing=existing_count)
-
-    def _due(self, delay: float | timedelta | None, run_at: datetime | float | None) -> float:
-        now = self.clock.now()
-        if delay is not None and run_at is not None:
-            raise ValueError("pass delay= or run_at=, not both")
-        if delay is not None:
-            return now + _seconds(delay)
-        if isinstance(run_at, datetime):
-            return run_at.timestamp()
-        if run_at is not None:
-            return float(run_at)
-        return now
-
-    def _insert(
-        self,
-        definition: JobDefinition[Any, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        key: str | None,
-        run_at: float,
-        queue: str | None,
-        priority: int | None,
-        owner: str | None = None,
-        connection: Any = None,
-        parent_id: str | None = None,
-    ) -> JobRecord:
-        new = self._new_job(
-            definition,
-            args,
-            kwargs,
-            key=key,
-            run_at=run_at,
+        return _enqueue.enqueue_many(
+            self._runtime,
+            self._definition(job),
+            items,
+            key,
             queue=queue,
             priority=priority,
-            parent_id=parent_id,
-        )
-        now = self.clock.now()
-        if connection is not None:
-            if owner is not None:
-                raise StepstoneError("app.run does not take a connection")
-            inserted = self.store.job_insert_on(connection, new, now=now)
-        else:
-            inserted = self.store.job_insert(
-                new, now=now, owner=owner, lease_until=now + self.lease
-            )
-        if not inserted.created:
-            self._check_same(inserted.job, new)
-        return inserted.job
-
-    def _new_job(
-        self,
-        definition: JobDefinition[Any, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        key: str | None,
-        run_at: float,
-        queue: str | None,
-        priority: int | None,
-        parent_id: str | None = None,
-        debounce_key: str | None = None,
-    ) -> NewJob:
-        if key is not None:
-            check_key(key, what="job key")
-        concurrency_key, concurrency_limit = definition.concurrency_key(args, kwargs)
-        return NewJob(
-            id=new_job_id(),
-            name=definition.name,
-            queue=queue or definition.queue,
-            key=key,
-            args=definition.codec.encode(args, kwargs),
-            priority=definition.priority if priority is None else priority,
+            delay=delay,
             run_at=run_at,
-            parent_id=parent_id,
-            concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit,
-            debounce_key=debounce_key,
+            batch_size=batch_size,
         )
-
-    def _debounce(
-        self,
-        definition: JobDefinition[Any, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        key: str | None,
-        wait: float,
-        queue: str | None,
-        priority: int | None,
-    ) -> JobHandle:
-        if key is None:
-            raise ValueError("enqueue(debounce=...) needs key= to name the debounce group")
-        check_key(key, what="debounce key")
-        new = self._new_job(
-            definition,
-            args,
-            kwargs,
-            key=None,
-            run_at=self.clock.now() + wait,
-            queue=queue,
-            priority=priority,
-            debounce_key=f"{definition.name}:{key}",
-        )
-        record = self.store.job_debounce(new, now=self.clock.now()).job
-        self._wake_workers()
-        return JobHandle(self, record.id, None)
 
     def signal(self, event: str, payload: Any = None) -> int:
         """Send ``event`` with a JSON-able ``payload`` to the jobs waiting for it (all of
@@ -652,23 +428,8 @@ class App:
         check_key(event, what="event name")
         woken = self.store.signal_send(event, dumps(payload), now=self.clock.now())
         if woken:
-            self._wake_workers()
+            self._runtime.wake_workers()
         return woken
-
-    @staticmethod
-    def _check_same(existing: JobRecord, new: NewJob, *, index: int | None = None) -> None:
-        """A key names one piece of work: the same job with the same arguments."""
-        if existing.name == new.name and existing.args == new.args:
-            return
-        where = f"item {index}: " if index is not None else ""
-        conflict = KeyConflict(
-            f"{where}key {new.key!r} is taken by job {existing.id} ({existing.name}) with "
-            f"arguments {existing.args}; this call passed {new.name} with arguments "
-            f"{new.args}. A key names one piece of work: use another key for other "
-            "arguments."
-        )
-        conflict.index = index
-        raise conflict
 
     # running jobs -----------------------------------------------------------------------
     def run(self, job: Any, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
@@ -679,8 +440,6 @@ class App:
         running elsewhere, waits for it, and takes it over if that worker's lease expires.
         Raises ``JobFailed`` when the job fails for good.
         """
-        from .runner import execute_sync
-
         definition = self._definition(job)
         if definition.is_async:
             try:
@@ -692,69 +451,7 @@ class App:
                     f"app.run({definition.name}) was called inside a running event loop; "
                     "enqueue the job and `await handle.result_async()` instead"
                 )
-        limited = definition.concurrency is not None  # claimed through the limit below
-        record = self._insert(
-            definition,
-            args,
-            kwargs,
-            key=key,
-            run_at=self.clock.now(),
-            queue=None,
-            priority=None,
-            owner=None if limited else self.owner,
-        )
-        handle = JobHandle(self, record.id, record.key)
-        claimed = None
-        if record.lease_owner == self.owner and record.state == JobState.RUNNING:
-            claimed = self._claimed_from(record)
-        while True:
-            if claimed is not None:
-                if definition.is_async:
-                    from .runner import execute_async
-
-                    run = asyncio.run(execute_async(self, claimed))
-                else:
-                    run = execute_sync(self, claimed)
-                claimed = None
-                if run is not None and run.succeeded:
-                    return run.result  # stored, durably: no need to read it back
-            record = handle.record()
-            now = self.clock.now()
-            if record.state.finished:
-                return handle._outcome(record)
-            parked = record.state in (JobState.QUEUED, JobState.WAITING)
-            if parked and record.run_at <= now:
-                claimed = self.store.job_claim(
-                    record.id, owner=self.owner, now=now, lease_until=now + self.lease
-                )
-                if claimed is None:  # at its concurrency limit: wait for a slot
-                    self._wait_for_finish(min(0.05, self.poll_interval))
-                continue
-            if parked:
-                self.clock.sleep(min(record.run_at - now, self.poll_interval))
-                continue
-            if (
-                record.state == JobState.RUNNING
-                and record.lease_expires_at is not None
-                and record.lease_expires_at < now
-            ):
-                self.store.job_rescue_expired(now=now)
-                continue
-            self._wait_for_finish(min(0.05, self.lease / 4))
-
-    def _claimed_from(self, record: JobRecord) -> Any:
-        from .store.base import ClaimedJob
-
-        return ClaimedJob(
-            id=record.id,
-            name=record.name,
-            queue=record.queue,
-            key=record.key,
-            args=record.args,
-            fence=record.fence,
-            attempt=record.attempts,
-            priority=record.priority,
-        )
+        return run_now(self._runtime, definition, args, kwargs, key=key)
 
     def run_worker(
         self,
@@ -777,34 +474,21 @@ class App:
         record = self.store.job_get(job_id)
         if record is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return JobHandle(self, record.id, record.key)
+        return JobHandle(self._runtime, record.id, record.key)
 
     def get_job_by_key(self, key: str) -> JobHandle:
         """The job with this key; ``JobNotFound`` if there is none."""
         record = self.store.job_get_by_key(key)
         if record is None:
             raise JobNotFound(f"no job with key {key!r}")
-        return JobHandle(self, record.id, record.key)
+        return JobHandle(self._runtime, record.id, record.key)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job at once, and the unfinished jobs it enqueued. A queued or waiting job
         never runs; a running job stops at its next step boundary (its running step's
         checkpoint is refused), an async one at once (its task is cancelled). False if it
         had already finished."""
-        cancelled = self.store.job_cancel(job_id, now=self.clock.now())
-        if cancelled:
-            # This process's runs of the job or of its children (cancelled with it).
-            active = {run.job_id: run for run in self._lease_keeper.active()}
-            if active:
-                from .errors import JobCancelled
-
-                for record in self.store.job_get_many(ids=list(active)):
-                    if record.state == JobState.CANCELLED:
-                        active[record.id].interrupt_with(
-                            JobCancelled(f"job {record.id} was cancelled")
-                        )
-            self._job_finished(job_id)
-        return cancelled
+        return self._runtime.cancel(job_id)
 
     def retry(self, job_id: str) -> bool:
         """Queue a failed or cancelled job again, due now, with a fresh attempt budget.
@@ -814,7 +498,7 @@ class App:
         """
         requeued = self.store.job_requeue(job_id, now=self.clock.now())
         if requeued:
-            self._wake_workers()
+            self._runtime.wake_workers()
         return requeued
 
     def forget(self, memo_key: str, *, prefix: bool = False) -> int:
@@ -843,30 +527,5 @@ class App:
             if deleted == 0:
                 return total
 
-    # in-process notifications -----------------------------------------------------------
-    def _job_finished(self, job_id: str) -> None:
-        with self._finished:
-            self._finished.notify_all()
 
-    def _wait_for_finish(self, seconds: float) -> None:
-        with self._finished:
-            self._finished.wait(max(seconds, 0))
-
-    def _wake_workers(self) -> None:
-        for worker in list(self._workers):
-            worker.wake()
-
-
-def _item_arguments(item: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The positional and keyword arguments an ``enqueue_many`` item stands for."""
-    if isinstance(item, Mapping):
-        return (), dict(item)
-    if isinstance(item, tuple | list):
-        return tuple(item), {}
-    raise TypeError(
-        f"enqueue_many item {index} is a {type(item).__name__}; give a tuple of positional "
-        "arguments or a dict of keyword arguments (for one argument: (value,))"
-    )
-
-
-__all__ = ["App", "new_job_id"]
+__all__ = ["BATCH_SIZE", "App", "new_job_id"]

@@ -1,20 +1,20 @@
-"""Group commit for job successes: the runs that finish while one completion write is in
-flight have theirs written together in the next one.
+"""Group commit for how runs end: the outcomes (success, failure, retry, park, release) of
+the runs that finish while one write is in flight are written together in the next one.
 
-Workers go one step further (``complete_later``): a run hands its success to a flusher
+Workers go one step further (``write_later``): a run hands its success to a flusher
 thread and returns, so its worker slot takes the next job while the write is in flight.
 The job stays ``running`` with its lease heartbeated until the write lands; then the run's
 callback ends it (logs, releases the lease watch, notifies waiters in this process). A
 crash before the write means the job is rescued and replayed, as for any run that died
 before its outcome. ``app.run`` keeps the waiting form.
 
-There is no background thread and no added wait. The first run to finish while no write
-is in flight becomes the writer: it writes what is queued (its own success first) and
-keeps writing until the queue is empty; runs that finish meanwhile queue theirs and wait
-for the write that includes it. One run alone writes its success with one statement, as
-before; sixteen runs finishing together share one round trip (PostgreSQL) or one fsync
-(SQLite). Each run still returns only once its success is durable, so a caller told
-"succeeded" can rely on it.
+There is no background thread and no added wait for the waiting form. The first run to
+finish while no write is in flight becomes the writer: it writes what is queued (its own
+outcome first) and keeps writing until the queue is empty; runs that finish meanwhile
+queue theirs and wait for the write that includes it. One run alone writes its outcome
+with one fenced transition; sixteen runs finishing together share one round trip
+(PostgreSQL) or one fsync (SQLite). Each run still returns only once its outcome is
+durable, so a caller told "succeeded" can rely on it.
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from .context import logger
-from .errors import JobCancelled, LeaseLost, StepstoneError
-from .store.base import Completion
+from ._frames import logger
+from .clock import Clock
+from .errors import StepstoneError
+from .store.base import Store
+from .types import Outcome
 
-if TYPE_CHECKING:
-    from .app import App
-
-#: The most successes one write records.
+#: The most outcomes one write records.
 MAX_GROUP = 500
 #: How long the flusher thread waits for work before it ends (a new one starts on demand).
 FLUSHER_IDLE_SECONDS = 5.0
@@ -40,35 +38,33 @@ FLUSHER_IDLE_SECONDS = 5.0
 
 @dataclass
 class _Pending:
-    completion: Completion
+    outcome: Outcome
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
 
 class GroupCommit:
-    """Writes job successes, grouping those that arrive while a write is in flight."""
+    """Writes outcomes through ``Store.job_transition_many``, grouping those that arrive
+    while a write is in flight."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, store: Callable[[], Store], clock: Clock) -> None:
+        self._store = store
+        self.clock = clock
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._writing = False
-        self._later: list[tuple[Completion, Callable[[BaseException | None], None]]] = []
+        self._later: list[tuple[Outcome, Callable[[BaseException | None], None]]] = []
         self._later_ready = threading.Condition()
         self._flushing = False
         self._flusher: threading.Thread | None = None
 
-    def complete_later(
-        self,
-        job_id: str,
-        fence: int,
-        result: str,
-        callback: Callable[[BaseException | None], None],
+    def write_later(
+        self, outcome: Outcome, callback: Callable[[BaseException | None], None]
     ) -> None:
-        """Queue a job's success for the flusher; ``callback(error)`` runs (on the flusher
+        """Queue an outcome for the flusher; ``callback(error)`` runs (on the flusher
         thread) once it is written (``None``) or refused or failed (the error)."""
         with self._later_ready:
-            self._later.append((Completion(job_id, fence, result), callback))
+            self._later.append((outcome, callback))
             if self._flusher is None or not self._flusher.is_alive():
                 self._flusher = threading.Thread(
                     target=self._flush_forever, name="stepstone-complete", daemon=True
@@ -77,7 +73,7 @@ class GroupCommit:
             self._later_ready.notify_all()
 
     def wait_flushed(self, timeout: float) -> bool:
-        """Wait until every queued success is written; False if ``timeout`` passed first."""
+        """Wait until every queued outcome is written; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         with self._later_ready:
             while self._later or self._flushing:
@@ -99,13 +95,13 @@ class GroupCommit:
                 self._flushing = True
             try:
                 refused: dict[str, BaseException] = dict(
-                    self._write([_Pending(completion) for completion, _ in group])
+                    self._write([outcome for outcome, _ in group])
                 )
             except Exception as exc:  # the store gave up (its own retries are done)
-                refused = {completion.job_id: exc for completion, _ in group}
-            for completion, callback in group:
+                refused = {outcome.job_id: exc for outcome, _ in group}
+            for outcome, callback in group:
                 try:
-                    callback(refused.get(completion.job_id))
+                    callback(refused.get(outcome.job_id))
                 except Exception:  # a callback must not stop the flusher
                     logger.exception(
                         "a completion callback failed", extra={"action": "worker.error"}
@@ -114,9 +110,10 @@ class GroupCommit:
                 self._flushing = False
                 self._later_ready.notify_all()
 
-    def complete(self, job_id: str, fence: int, result: str) -> None:
-        """Record a job's success, durably; raises what ``Store.job_complete`` raises."""
-        pending = _Pending(Completion(job_id, fence, result))
+    def write(self, outcome: Outcome) -> None:
+        """Record how a run ended, durably; raises ``LeaseLost`` or ``JobCancelled`` when
+        the transition is refused, or the ``StoreError`` that failed the write."""
+        pending = _Pending(outcome)
         with self._lock:
             self._queue.append(pending)
             lead = not self._writing
@@ -136,7 +133,7 @@ class GroupCommit:
                     self._writing = False
                     return
             try:
-                refused = self._write(group)
+                refused = self._write([pending.outcome for pending in group])
             except BaseException as exc:  # a StoreError (or worse) fails the whole group
                 for pending in group:
                     pending.error = exc
@@ -147,19 +144,11 @@ class GroupCommit:
                     raise
                 continue
             for pending in group:
-                pending.error = refused.get(pending.completion.job_id)
+                pending.error = refused.get(pending.outcome.job_id)
                 pending.done.set()
 
-    def _write(self, group: list[_Pending]) -> dict[str, StepstoneError]:
-        store, now = self.app.store, self.app.clock.now()
-        if len(group) == 1:
-            done = group[0].completion
-            try:
-                store.job_complete(done.job_id, done.fence, result=done.result, now=now)
-            except (LeaseLost, JobCancelled) as exc:
-                return {done.job_id: exc}
-            return {}
-        return store.job_complete_many([pending.completion for pending in group], now=now)
+    def _write(self, outcomes: list[Outcome]) -> dict[str, StepstoneError]:
+        return self._store().job_transition_many(outcomes, now=self.clock.now())
 
 
 __all__ = ["MAX_GROUP", "GroupCommit"]

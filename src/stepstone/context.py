@@ -4,34 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import MutableMapping
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from ._frames import JobLogger, StepFrame, current_step, logger
 from .errors import StepstoneError
-
-if TYPE_CHECKING:
-    from .runner import JobRun
-
-#: The job run this code executes in, if any.
-current_run: ContextVar[JobRun | None] = ContextVar("stepstone_run", default=None)
-#: The step whose body this code executes in, if any.
-current_step: ContextVar[StepFrame | None] = ContextVar("stepstone_step", default=None)
-
-logger = logging.getLogger("stepstone")
-
-
-@dataclass(frozen=True, slots=True)
-class StepFrame:
-    """The step being executed: its identity in the job's history."""
-
-    name: str
-    ident: str
-    seq: int
-    attempt: int
-    #: The step's memo key, if it has one: its idempotency key derives from it.
-    memo: str | None = None
+from .runner import current_run
 
 
 def idempotency_key(job_id: str, ident: str) -> str:
@@ -44,22 +21,6 @@ def memo_idempotency_key(memo: str) -> str:
     """For a step with a memo key: stable for every run of any job that computes the key."""
     digest = hashlib.sha256(f"memo/{memo}".encode()).hexdigest()[:32]
     return f"stepstone-{digest}"
-
-
-class JobLogger(logging.LoggerAdapter[logging.Logger]):
-    """A logger whose records carry the job id, job name, step and attempt."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = dict(self.extra or {})
-        frame = current_step.get()
-        if frame is not None:
-            extra["step"] = frame.ident
-        extra.setdefault("action", "job.log")
-        extra.update(kwargs.get("extra") or {})
-        kwargs["extra"] = extra
-        return msg, kwargs
 
 
 @dataclass(frozen=True)
@@ -110,4 +71,14 @@ def current() -> Current:
     )
 
 
-__all__ = ["Current", "JobLogger", "StepFrame", "current", "current_run", "current_step"]
+__all__ = [
+    "Current",
+    "JobLogger",
+    "StepFrame",
+    "current",
+    "current_run",
+    "current_step",
+    "idempotency_key",
+    "logger",
+    "memo_idempotency_key",
+]

@@ -20,16 +20,22 @@ import math
 import time
 from collections.abc import Generator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .context import current_run, current_step
+from ._frames import current_step
 from .errors import JobCancelled, JobFailed, StepstoneError, Suspend, WaitTimeout
+from .runner import JobRun, current_run
 from .serialization import dumps, error_from_record, loads
-from .store.base import JOB_EVENT_PREFIX, WAIT_FOREVER, JobRecord, JobState
+from .types import JOB_EVENT_PREFIX, WAIT_FOREVER, JobRecord, JobState
 
-if TYPE_CHECKING:
-    from .handle import JobHandle
-    from .runner import JobRun
+
+class JobHandleLike(Protocol):
+    """What ``gather`` needs of a ``JobHandle``."""
+
+    @property
+    def id(self) -> str: ...
+
+    def result(self, timeout: float | None = None) -> Any: ...
 
 
 class Ready:
@@ -104,7 +110,7 @@ def sleep(duration: float | timedelta) -> Any:
     if run is None:
         time.sleep(seconds)
         return None
-    return _sleep_until(run, run.app.clock.now() + seconds)
+    return _sleep_until(run, run.clock.now() + seconds)
 
 
 def sleep_until(moment: datetime | float) -> Any:
@@ -132,7 +138,7 @@ def _sleep_until(run: JobRun, until: float) -> Any:
         until = float(json.loads(stored.value)["until"])
     else:
         run.checkpoint(seq, ident, "ok", json.dumps({"until": until}), 1)
-    if run.app.clock.now() >= until:
+    if run.clock.now() >= until:
         return _result(run, None)
     raise _park(run, Suspend(f"sleeping until {until}", until=until))
 
@@ -160,7 +166,7 @@ def wait_for(event: str, timeout: float | timedelta | None = None) -> Any:
             "stepstone.wait_for() was called outside a running job; only a job can wait "
             "for a signal"
         )
-    now = run.app.clock.now()
+    now = run.clock.now()
     deadline = now + _seconds(timeout) if timeout is not None else None
     start, seq, ident = _start(run, "wait_for", {"event": event, "deadline": deadline})
     deadline = start["deadline"]
@@ -233,7 +239,7 @@ def _decode_outcome(run: JobRun, outcome: dict[str, Any]) -> Any:
     """A finished job's value, or its failure raised as JobFailed / JobCancelled."""
     state = outcome["state"]
     if state == JobState.SUCCEEDED:
-        definition = run.app.jobs.get(outcome["name"])
+        definition = run.runtime.definition(outcome["name"])
         kind = definition.return_type if definition is not None else Any
         return loads(outcome["result"] or "null", kind)
     if state == JobState.CANCELLED:
@@ -244,30 +250,30 @@ def _decode_outcome(run: JobRun, outcome: dict[str, Any]) -> Any:
     raise JobFailed(f"job {outcome['job']} ({outcome['name']}) failed: {message}") from cause
 
 
-def child_result(run: JobRun, handle: JobHandle, timeout: float | None) -> Any:
+def child_result(run: JobRun, job_id: str, timeout: float | None) -> Any:
     """``handle.result()`` inside a job: park until that job finishes, then its value."""
-    now = run.app.clock.now()
+    now = run.clock.now()
     deadline = now + timeout if timeout is not None else None
-    start, seq, ident = _start(run, "result", {"job": handle.id, "deadline": deadline})
+    start, seq, ident = _start(run, "result", {"job": job_id, "deadline": deadline})
     deadline = start["deadline"]
     stored = run.history.get(seq)
     if stored is not None:
         outcome = json.loads(stored.value)
     else:
-        record = run.store.job_get(handle.id)
+        record = run.store.job_get(job_id)
         if record is None:
-            raise StepstoneError(f"job {handle.id} does not exist (pruned?)")
+            raise StepstoneError(f"job {job_id} does not exist (pruned?)")
         if record.state.finished:
             outcome = _outcome_record(record)
         elif deadline is not None and now >= deadline:
-            outcome = {"job": handle.id, "timeout": True}
+            outcome = {"job": job_id, "timeout": True}
         else:
             raise _park(
                 run,
                 Suspend(
-                    f"waiting for job {handle.id}",
+                    f"waiting for job {job_id}",
                     until=deadline if deadline is not None else WAIT_FOREVER,
-                    child=handle.id,
+                    child=job_id,
                 ),
             )
         run.checkpoint(seq, ident, *_stored([outcome], outcome), 1)
@@ -276,7 +282,7 @@ def child_result(run: JobRun, handle: JobHandle, timeout: float | None) -> Any:
     return _decode_outcome(run, outcome)
 
 
-def gather(*handles: JobHandle) -> Any:
+def gather(*handles: JobHandleLike) -> Any:
     """Wait for every job (fan-in) and return their results in order.
 
     Inside a job the job is parked until all have finished (its worker slot is free

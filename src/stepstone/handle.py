@@ -9,14 +9,15 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
-from .context import current_run, current_step
+from ._frames import current_step
 from .errors import JobCancelled, JobFailed, JobNotFound
+from .flow import Ready, child_result
+from .runner import JobRun, current_run
 from .serialization import describe_error, error_from_record, loads
-from .store.base import JobRecord, JobState
+from .types import JobRecord, JobState
 
 if TYPE_CHECKING:
-    from .app import App
-    from .runner import JobRun
+    from ._runtime import Runtime
 
 _FIRST_POLL = 0.002
 _MAX_POLL = 0.1
@@ -62,8 +63,8 @@ class AttemptError:
 class JobHandle:
     """A job accepted by the store. ``state`` and ``attempts`` are read afresh on access."""
 
-    def __init__(self, app: App, job_id: str, key: str | None = None) -> None:
-        self._app = app
+    def __init__(self, runtime: Runtime, job_id: str, key: str | None = None) -> None:
+        self._runtime = runtime
         self.id = job_id
         self.key = key
 
@@ -78,7 +79,7 @@ class JobHandle:
 
     def record(self) -> JobRecord:
         """The job's row as stored now."""
-        record = self._app.store.job_get(self.id)
+        record = self._runtime.store.job_get(self.id)
         if record is None:
             raise JobNotFound(f"no job with id {self.id!r} (pruned?)")
         return record
@@ -105,9 +106,7 @@ class JobHandle:
         """
         run = _parking_run()
         if run is not None:
-            from .flow import child_result
-
-            return child_result(run, self, timeout)
+            return child_result(run, self.id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = _FIRST_POLL
         while True:
@@ -118,7 +117,7 @@ class JobHandle:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"job {self.id} is still {record.state.value} after {timeout}s")
             wait = poll if remaining is None else min(poll, remaining)
-            self._app._wait_for_finish(wait)
+            self._runtime.wait_for_finish(wait)
             poll = min(poll * 2, _MAX_POLL)
 
     def result_async(self, timeout: float | None = None) -> Awaitable[Any]:
@@ -126,16 +125,14 @@ class JobHandle:
         job's own code it parks the job, like ``result()``."""
         run = _parking_run()
         if run is not None:
-            from .flow import Ready, child_result
-
-            return Ready(child_result(run, self, timeout))
+            return Ready(child_result(run, self.id, timeout))
         return self._result_async(timeout)
 
     async def _result_async(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = _FIRST_POLL
         while True:
-            record = await self._app._call_store(self.record)
+            record = await self._runtime.call_store(self.record)
             if record.state.finished:
                 return self._outcome(record)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -145,21 +142,12 @@ class JobHandle:
             poll = min(poll * 2, _MAX_POLL)
 
     def _outcome(self, record: JobRecord) -> Any:
-        if record.state == JobState.SUCCEEDED:
-            definition = self._app.jobs.get(record.name)
-            return loads(record.result or "null", definition.return_type if definition else Any)
-        if record.state == JobState.CANCELLED:
-            raise JobCancelled(f"job {record.id} ({record.name}) was cancelled")
-        cause = error_from_record(json.loads(record.error)) if record.error else None
-        detail = describe_error(cause) if cause is not None else "no error was recorded"
-        raise JobFailed(
-            f"job {record.id} ({record.name}) failed after {record.attempts} attempt(s): {detail}"
-        ) from cause
+        return finished_outcome(self._runtime, record)
 
     def steps(self) -> list[StepRecord]:
         """The job's step history in position order: what a replay would return."""
         steps = []
-        for checkpoint in self._app.store.checkpoint_list(self.id):
+        for checkpoint in self._runtime.store.checkpoint_list(self.id):
             ok = checkpoint.status == "ok"
             steps.append(
                 StepRecord(
@@ -178,7 +166,7 @@ class JobHandle:
     def errors(self) -> list[AttemptError]:
         """Every recorded error of the job's attempts and of its steps' attempts, oldest first."""
         found = []
-        for row in self._app.store.error_list(self.id):
+        for row in self._runtime.store.error_list(self.id):
             error = json.loads(row.error)
             found.append(
                 AttemptError(
@@ -194,7 +182,21 @@ class JobHandle:
 
     def cancel(self) -> bool:
         """``app.cancel(self.id)``."""
-        return self._app.cancel(self.id)
+        return self._runtime.cancel(self.id)
+
+
+def finished_outcome(runtime: Runtime, record: JobRecord) -> Any:
+    """A finished job's result, or its failure raised (``JobFailed``, ``JobCancelled``)."""
+    if record.state == JobState.SUCCEEDED:
+        definition = runtime.definition(record.name)
+        return loads(record.result or "null", definition.return_type if definition else Any)
+    if record.state == JobState.CANCELLED:
+        raise JobCancelled(f"job {record.id} ({record.name}) was cancelled")
+    cause = error_from_record(json.loads(record.error)) if record.error else None
+    detail = describe_error(cause) if cause is not None else "no error was recorded"
+    raise JobFailed(
+        f"job {record.id} ({record.name}) failed after {record.attempts} attempt(s): {detail}"
+    ) from cause
 
 
 class Enqueued(Sequence[JobHandle]):
@@ -227,4 +229,4 @@ class Enqueued(Sequence[JobHandle]):
         return f"<Enqueued new={self.new} existing={self.existing}>"
 
 
-__all__ = ["AttemptError", "Enqueued", "JobHandle", "StepRecord"]
+__all__ = ["AttemptError", "Enqueued", "JobHandle", "StepRecord", "finished_outcome"]

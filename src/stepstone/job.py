@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .limits import Limit, limit_key
@@ -13,7 +12,6 @@ from .retry import Retry
 from .serialization import ArgumentCodec
 
 if TYPE_CHECKING:
-    from .app import App
     from .schedule import Schedule
 
 P = ParamSpec("P")
@@ -27,24 +25,23 @@ class JobDefinition(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
         fn: Callable[P, R],
         *,
         name: str,
         queue: str,
         retry: Retry,
         priority: int,
-        timeout: float | timedelta | None,
+        timeout: float | None,
         localns: dict[str, Any] | None = None,
         concurrency: Limit | None = None,
         schedule: Schedule | None = None,
     ) -> None:
-        self.app = app
         self.fn = fn
         self.name = name
         self.queue = queue
         self.retry = retry
         self.priority = priority
+        #: The job's deadline in seconds, counted from its first start (None: no limit).
         self.timeout = timeout
         self.concurrency = concurrency
         self.schedule = schedule

@@ -3,37 +3,61 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from .context import logger
+from ._frames import logger
+from .clock import Clock
 from .errors import JobCancelled, LeaseLost, StoreError
-from .store.base import JobState
+from .store.base import Store
+from .types import JobState
 
-if TYPE_CHECKING:
-    from .app import App
-    from .runner import JobRun
+
+class Leased(Protocol):
+    """What the lease keeper sees of a run (or of a job claimed ahead and not started)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def fence(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def interrupt(self) -> BaseException | None: ...
+    @property
+    def outcome_written(self) -> bool: ...
+
+    stopping: bool
+
+    def interrupt_with(
+        self, error: BaseException, *, logged: bool = False, cancel: bool = False
+    ) -> None: ...
 
 
 class LeaseKeeper:
-    """One daemon thread per App that heartbeats every running job of this process.
+    """One daemon thread per runtime that heartbeats every running job of this process.
 
     A heartbeat extends each lease to ``now + lease``, conditional on the run's fencing
     token. A lease that could not be extended is lost: the run is told (sticky), so its
     next step call stops it without running the body.
     """
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.runs: dict[str, JobRun] = {}
+    def __init__(self, store: Callable[[], Store], clock: Clock, lease: float) -> None:
+        self._store = store
+        self.clock = clock
+        self.lease = lease
+        self.runs: dict[str, Leased] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def interval(self) -> float:
-        return max(self.app.lease / 3, 0.01)
+        return max(self.lease / 3, 0.01)
 
-    def add(self, run: JobRun) -> None:
+    def add(self, run: Leased) -> None:
         with self._lock:
             self.runs[run.job_id] = run
             if self._thread is None or not self._thread.is_alive():
@@ -42,12 +66,12 @@ class LeaseKeeper:
                 )
                 self._thread.start()
 
-    def discard(self, run: JobRun) -> None:
+    def discard(self, run: Leased) -> None:
         with self._lock:
             if self.runs.get(run.job_id) is run:
                 del self.runs[run.job_id]
 
-    def active(self) -> list[JobRun]:
+    def active(self) -> list[Leased]:
         with self._lock:
             return list(self.runs.values())
 
@@ -66,10 +90,10 @@ class LeaseKeeper:
         runs = [run for run in self.active() if run.interrupt is None]
         if not runs:
             return
-        now = self.app.clock.now()
+        now = self.clock.now()
         try:
-            lost = self.app.store.job_heartbeat(
-                [(run.job_id, run.fence) for run in runs], lease_until=now + self.app.lease
+            lost = self._store().job_heartbeat(
+                [(run.job_id, run.fence) for run in runs], lease_until=now + self.lease
             )
         except StoreError:
             logger.exception(
@@ -80,9 +104,9 @@ class LeaseKeeper:
             if run.job_id in lost:
                 self._mark_lost(run)
 
-    def _mark_lost(self, run: JobRun) -> None:
+    def _mark_lost(self, run: Leased) -> None:
         try:
-            record = self.app.store.job_get(run.job_id)
+            record = self._store().job_get(run.job_id)
         except StoreError:
             record = None
         if run.outcome_written or (
@@ -90,18 +114,18 @@ class LeaseKeeper:
         ):
             return  # the run itself ended the job between this heartbeat's snapshot and write
         if record is not None and record.state == JobState.CANCELLED:
-            run.interrupt_with(JobCancelled(f"job {run.job_id} was cancelled"))
+            run.interrupt_with(JobCancelled(f"job {run.job_id} was cancelled"), cancel=True)
             return
         now_token = record.fence if record is not None else "none (job deleted)"
         state = record.state.value if record is not None else "gone"
-        run.interrupt = LeaseLost(
+        lost = LeaseLost(
             f"job {run.job_id}: lease lost: this worker holds fencing token {run.fence}, the "
             f"job now has token {now_token} and state {state!r}; another worker owns it"
         )
-        run.interrupt_logged = True
+        run.interrupt_with(lost, logged=True)
         logger.warning(
             "%s; this run stops at its next step and leaves the job to its new owner",
-            run.interrupt,
+            lost,
             extra={
                 "action": "job.lease_lost",
                 "job_id": run.job_id,
@@ -112,4 +136,4 @@ class LeaseKeeper:
         )
 
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseKeeper", "Leased"]

@@ -13,11 +13,11 @@ import contextlib
 import json
 import logging
 import threading
-import time
-from datetime import timedelta
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .context import JobLogger, current_run, logger
+from ._frames import JobLogger, logger
 from .errors import (
     JobCancelled,
     JobTimeout,
@@ -29,18 +29,21 @@ from .errors import (
     Suspend,
 )
 from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
-from .store.base import Checkpoint, ClaimedJob, MemoClaim
+from .types import Checkpoint, ClaimedJob, MemoClaim, Outcome
 
 if TYPE_CHECKING:
-    from .app import App
+    from ._runtime import Runtime
     from .job import JobDefinition
     from .limits import Rate
-    from .step import StepDefinition
+    from .retry import Retry
 
 T = TypeVar("T")
 
 #: Interruptions that end a run without an outcome of its own.
 Interruption = LeaseLost | JobCancelled | StoreError
+
+#: The job run this code executes in, if any.
+current_run: ContextVar[JobRun | None] = ContextVar("stepstone_run", default=None)
 
 
 class StepWatchdog:
@@ -78,13 +81,14 @@ class JobRun:
 
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         claimed: ClaimedJob,
         definition: JobDefinition[Any, Any],
         history: list[Checkpoint],
     ) -> None:
-        self.app = app
-        self.store = app.store
+        self.runtime = runtime
+        self.store = runtime.store
+        self.clock = runtime.clock
         self.definition = definition
         self.job_id = claimed.id
         self.name = claimed.name
@@ -93,11 +97,9 @@ class JobRun:
         self.attempt = claimed.attempt
         self.created_at = claimed.created_at
         timeout = definition.timeout
-        if isinstance(timeout, timedelta):
-            timeout = timeout.total_seconds()
         #: When the job times out: its timeout counted from its first start.
         self.deadline: float | None = (
-            (claimed.started_at or app.clock.now()) + timeout if timeout is not None else None
+            (claimed.started_at or self.clock.now()) + timeout if timeout is not None else None
         )
         #: Per event, the newest signal this run has taken (wait_for).
         self.signal_cursors: dict[str, int] = {}
@@ -112,6 +114,7 @@ class JobRun:
         self.position = 0
         self.occurrences: dict[str, int] = {}
         self.called: list[str] = []
+        #: Why this run stops at its next step boundary (written by ``interrupt_with`` only).
         self.interrupt: Interruption | None = None
         #: Whether the interruption was already logged (by the lease keeper).
         self.interrupt_logged = False
@@ -139,31 +142,38 @@ class JobRun:
             raise type(self.interrupt)(str(self.interrupt))
         if self.parking is not None:
             raise self.parking  # the job is parking: no step may run on the way out
-        if self.deadline is not None and self.app.clock.now() >= self.deadline:
+        if self.deadline is not None and self.clock.now() >= self.deadline:
             raise self.timed_out()
         if self.stopping:
             raise Released
 
     def timed_out(self) -> JobTimeout:
-        timeout = self.definition.timeout
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         return JobTimeout(
-            f"job {self.job_id} ({self.name}) ran past its timeout of {seconds:g}s, counted "
-            "from its first start across attempts and restarts"
+            f"job {self.job_id} ({self.name}) ran past its timeout of "
+            f"{self.definition.timeout:g}s, counted from its first start across attempts and "
+            "restarts"
         )
 
-    def interrupt_with(self, error: Interruption) -> None:
-        """Stop this run at its next step boundary; an async job's task is cancelled now."""
+    def interrupt_with(
+        self, error: BaseException, *, logged: bool = False, cancel: bool = False
+    ) -> None:
+        """The one writer of this run's interruption: the run stops at its next step
+        boundary. ``logged``: already reported (no second log line). ``cancel``: an async
+        job's task is cancelled now too (the job was cancelled)."""
+        assert isinstance(error, LeaseLost | JobCancelled | StoreError)
         self.interrupt = error
+        if logged:
+            self.interrupt_logged = True
         task, loop = self.task, self.loop
-        if task is not None and loop is not None and not loop.is_closed():
+        if cancel and task is not None and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
 
     def assign(self, step_name: str) -> tuple[int, str]:
         """Give a step call its position and identity, checking it against the history."""
-        occurrence = self.occurrences.get(step_name, 0)
-        self.occurrences[step_name] = occurrence + 1
+        occurrences = self.occurrences
+        occurrence = occurrences.get(step_name, 0)
+        occurrences[step_name] = occurrence + 1
         ident = f"{step_name}#{occurrence}"
         seq = self.position
         self.position = seq + 1
@@ -180,7 +190,7 @@ class JobRun:
         self.called.append(ident)
         return seq, ident
 
-    def replay(self, stored: Checkpoint, step: StepDefinition[Any, Any]) -> Any:
+    def replay(self, stored: Checkpoint, return_type: object) -> Any:
         """The stored outcome of a step: its value, or its error raised again."""
         self.replayed += 1
         if logger.isEnabledFor(logging.DEBUG):
@@ -191,7 +201,7 @@ class JobRun:
             )
         try:
             if stored.status == "ok":
-                return loads(stored.value, step.return_type)
+                return loads(stored.value, return_type)
             record = json.loads(stored.value)
         except (SerializationError, ValueError) as exc:
             raise SerializationError(
@@ -222,26 +232,24 @@ class JobRun:
                 status=status,
                 value=value,
                 attempts=attempts,
-                now=self.app.clock.now(),
+                now=self.clock.now(),
                 memo=memo,
             )
         except (LeaseLost, JobCancelled, StoreError) as exc:
-            self.interrupt = exc
+            self.interrupt_with(exc)
             raise
         self.executed += 1
 
     # memo keys --------------------------------------------------------------------------
-    def memo_acquire(
-        self, step: StepDefinition[Any, Any], seq: int, ident: str, key: str
-    ) -> MemoClaim:
+    def memo_acquire(self, step_name: str, seq: int, ident: str, key: str) -> MemoClaim:
         """Look a memo key up for a step call: a hit is checkpointed into this run's history
         (with no attempt of its own); ``acquired`` means this run computes the key."""
         try:
             claim = self.store.memo_acquire(
-                key, self.job_id, self.fence, step=step.name, now=self.app.clock.now()
+                key, self.job_id, self.fence, step=step_name, now=self.clock.now()
             )
         except StoreError as exc:
-            self.interrupt = exc
+            self.interrupt_with(exc)
             raise
         if claim.outcome == "hit":
             assert claim.value is not None
@@ -274,17 +282,18 @@ class JobRun:
 
     def memo_complete(
         self,
-        step: StepDefinition[Any, Any],
+        key: str,
         seq: int,
         ident: str,
-        key: str,
-        *,
         text: str,
         attempts: int,
+        *,
+        step_name: str,
+        ttl: float | None,
     ) -> str:
         """Store a computed value under its memo key and as this run's checkpoint, together;
         returns the value stored (another run's, if it stored the key first)."""
-        now = self.app.clock.now()
+        now = self.clock.now()
         try:
             stored = self.store.memo_complete(
                 key,
@@ -292,14 +301,14 @@ class JobRun:
                 self.fence,
                 seq=seq,
                 name=ident,
-                step=step.name,
+                step=step_name,
                 value=text,
                 attempts=attempts,
-                expires_at=now + step.ttl if step.ttl is not None else None,
+                expires_at=now + ttl if ttl is not None else None,
                 now=now,
             )
         except (LeaseLost, JobCancelled, StoreError) as exc:
-            self.interrupt = exc
+            self.interrupt_with(exc)
             raise
         self.executed += 1
         return stored
@@ -321,18 +330,15 @@ class JobRun:
         """Seconds to wait before the rate limit lets a call through (0: go now)."""
         try:
             return self.store.rate_acquire(
-                key, limit=rate.n, per=rate.seconds, now=self.app.clock.now()
+                key, limit=rate.n, per=rate.seconds, now=self.clock.now()
             )
         except StoreError as exc:
-            self.interrupt = exc
+            self.interrupt_with(exc)
             raise
 
-    def watch_step(
-        self, step: StepDefinition[Any, Any], seq: int, ident: str, attempt: int
-    ) -> StepWatchdog:
+    def watch_step(self, timeout: float, seq: int, ident: str, attempt: int) -> StepWatchdog:
         """Start the timer that abandons a sync step's attempt when it runs too long."""
-        assert step.timeout is not None
-        return StepWatchdog(self, step.timeout, seq, ident, attempt)
+        return StepWatchdog(self, timeout, seq, ident, attempt)
 
     def abandoned(self) -> LeaseLost:
         return LeaseLost(
@@ -354,8 +360,7 @@ class JobRun:
         self.logger.error("%s", error, extra={"action": "step.timed_out", "step": ident})
         self.finish(error=error)
         if self.interrupt is None:
-            self.interrupt = self.abandoned()
-            self.interrupt_logged = True
+            self.interrupt_with(self.abandoned(), logged=True)
 
     def record_step_error(self, seq: int, ident: str, attempt: int, error: BaseException) -> str:
         """Keep the error of one failed step attempt; return its stored form."""
@@ -368,7 +373,7 @@ class JobRun:
                 seq=seq,
                 step=f"{ident} attempt {attempt}",
                 error=text,
-                now=self.app.clock.now(),
+                now=self.clock.now(),
             )
         except StoreError:
             self.logger.exception(
@@ -377,15 +382,15 @@ class JobRun:
         return text
 
     def step_failed(
-        self, step: StepDefinition[Any, Any], seq: int, ident: str, attempt: int, error: Exception
+        self, retry: Retry, seq: int, ident: str, attempt: int, error: Exception
     ) -> float | None:
         """After a failed step attempt: the delay before the next, or None when final.
 
         When final, the error is checkpointed so that a replay raises it again.
         """
         text = self.record_step_error(seq, ident, attempt, error)
-        if step.retry.should_retry(error, attempt):
-            delay = step.retry.delay(attempt)
+        if retry.should_retry(error, attempt):
+            delay = retry.delay(attempt)
             self.logger.warning(
                 "step %s attempt %d failed (%s); retrying in %.2fs",
                 ident,
@@ -405,33 +410,12 @@ class JobRun:
         )
         return None
 
-    def encode_step_value(self, step: StepDefinition[Any, Any], ident: str, value: Any) -> str:
+    def encode_step_value(self, return_type: object, ident: str, value: Any) -> str:
         """Encode a step's value; a value that cannot be stored fails the step for good."""
         try:
-            return dumps_result(value, step.return_type)
+            return dumps_result(value, return_type)
         except SerializationError as exc:
             raise SerializationError(f"step {ident} of job {self.name}: {exc}") from exc
-
-    def log_step_started(self, ident: str, attempt: int) -> float:
-        """Log (at DEBUG) that a step's body starts; return the start time."""
-        if logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(
-                "step %s started (attempt %d)",
-                ident,
-                attempt,
-                extra={"action": "step.started", "step": ident},
-            )
-        return time.perf_counter()
-
-    def log_step(self, ident: str, attempt: int, started: float) -> None:
-        if logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(
-                "step %s succeeded (attempt %d, %.1f ms)",
-                ident,
-                attempt,
-                (time.perf_counter() - started) * 1000,
-                extra={"action": "step.succeeded", "step": ident},
-            )
 
     # outcomes ---------------------------------------------------------------------------
     def finish(self, value: Any = None, error: BaseException | None = None) -> None:
@@ -446,7 +430,7 @@ class JobRun:
             self._finish(value, error)
             self.outcome_written = True
         except (LeaseLost, JobCancelled) as exc:
-            self.interrupt = exc
+            self.interrupt_with(exc)
             self._report_interrupt()
         except StoreError:
             self.logger.exception(
@@ -456,22 +440,17 @@ class JobRun:
                 extra={"action": "store.error"},
             )
         finally:
-            self.app._job_finished(self.job_id)
+            self.runtime.job_finished(self.job_id)
 
-    def _finish(self, value: Any, error: BaseException | None) -> None:
-        store, now = self.store, self.app.clock.now()
+    def outcome_of(self, value: Any, error: BaseException | None) -> _Ending | None:
+        """How this attempt ended: the fenced transition that records it, with what the log
+        says about it; None when there is nothing to write (the run was interrupted)."""
         if isinstance(error, Released):
-            if self.interrupt is None:
-                store.job_release(self.job_id, self.fence, now=now)
-                self.logger.info(
-                    "job %s released at a step boundary for shutdown",
-                    self.job_id,
-                    extra={"action": "job.released"},
-                )
-            return
+            if self.interrupt is not None:
+                return None
+            return _Ending(Outcome.release(self.job_id, self.fence), "job.released")
         if self.interrupt is not None:
-            self._report_interrupt()
-            return
+            return None
         if self.parking is not None and not isinstance(error, Exception | Released):
             error = self.parking  # parks even if the job swallowed its Suspend
         elif isinstance(error, BaseExceptionGroup):
@@ -480,78 +459,98 @@ class JobRun:
             until = error.until
             if self.deadline is not None:
                 until = min(until, self.deadline)  # wake up to time out
-            store.job_park(
+            outcome = Outcome.park(
                 self.job_id,
                 self.fence,
                 until=until,
                 event=error.event,
                 signal_after=error.signal_after,
                 child=error.child,
-                now=now,
             )
-            self.logger.info(
-                "job %s parked: %s",
-                self.job_id,
-                error.reason,
-                extra={"action": "job.parked"},
-            )
-            return
+            return _Ending(outcome, "job.parked", error)
         if error is None:
             try:
                 text = dumps_result(value, self.definition.return_type)
             except SerializationError as exc:
                 error = SerializationError(f"the result of job {self.name}: {exc}")
             else:
-                if self.defer_completion:
-                    # The worker's slot takes the next job while the success is written;
-                    # the lease watch and the log wait for the write (see _completed).
-                    self.outcome_pending = True
-                    self.succeeded = True
-                    self.result = value
-                    self.app._group_commit.complete_later(
-                        self.job_id, self.fence, text, self._completed
-                    )
-                    return
-                self.app._group_commit.complete(self.job_id, self.fence, text)
-                self.succeeded = True
-                self.result = value
-                self.logger.info(
-                    "job %s succeeded (%d step(s) run, %d replayed)",
-                    self.job_id,
-                    self.executed,
-                    self.replayed,
-                    extra={"action": "job.succeeded"},
-                )
-                return
+                return _Ending(Outcome.complete(self.job_id, self.fence, text), "job.succeeded")
         record = json.dumps(error_to_record(error))
         retry = self.definition.retry
         if retry.should_retry(error, self.attempt):
             delay = retry.delay(self.attempt)
-            store.job_retry_later(
+            outcome = Outcome.retry_later(
                 self.job_id,
                 self.fence,
                 error=record,
                 attempt=self.attempt,
-                run_at=now + delay,
-                now=now,
+                run_at=self.clock.now() + delay,
             )
+            return _Ending(outcome, "job.retrying", error, delay)
+        outcome = Outcome.fail(self.job_id, self.fence, error=record, attempt=self.attempt)
+        return _Ending(outcome, "job.failed", error)
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        ending = self.outcome_of(value, error)
+        if ending is None:
+            if not isinstance(error, Released):
+                self._report_interrupt()
+            return
+        if ending.action == "job.succeeded":
+            self.succeeded = True
+            self.result = value
+            if self.defer_completion:
+                # The worker's slot takes the next job while the success is written;
+                # the lease watch and the log wait for the write (see _completed).
+                self.outcome_pending = True
+                self.runtime.outcomes.write_later(ending.outcome, self._completed)
+                return
+        try:
+            self.runtime.outcomes.write(ending.outcome)
+        except BaseException:
+            self.succeeded = False
+            raise
+        self._log_ending(ending)
+
+    def _log_ending(self, ending: _Ending) -> None:
+        action, cause = ending.action, ending.cause
+        if action == "job.succeeded":
+            self.logger.info(
+                "job %s succeeded (%d step(s) run, %d replayed)",
+                self.job_id,
+                self.executed,
+                self.replayed,
+                extra={"action": action},
+            )
+        elif action == "job.released":
+            self.logger.info(
+                "job %s released at a step boundary for shutdown",
+                self.job_id,
+                extra={"action": action},
+            )
+        elif isinstance(cause, Suspend):
+            self.logger.info(
+                "job %s parked: %s", self.job_id, cause.reason, extra={"action": action}
+            )
+        elif action == "job.retrying":
+            assert cause is not None
             self.logger.warning(
                 "job %s attempt %d failed (%s); retrying in %.2fs",
                 self.job_id,
                 self.attempt,
-                describe_error(error),
-                delay,
-                extra={"action": "job.retrying"},
+                describe_error(cause),
+                ending.delay,
+                extra={"action": action},
             )
-            return
-        store.job_fail(self.job_id, self.fence, error=record, attempt=self.attempt, now=now)
-        self.logger.error(
-            "job %s failed after %d attempt(s): %s",
-            self.job_id,
-            self.attempt,
-            describe_error(error),
-            extra={"action": "job.failed"},
-        )
+        else:
+            assert cause is not None
+            self.logger.error(
+                "job %s failed after %d attempt(s): %s",
+                self.job_id,
+                self.attempt,
+                describe_error(cause),
+                extra={"action": action},
+            )
 
     def _completed(self, error: BaseException | None) -> None:
         """The flusher wrote (or could not write) this run's deferred success."""
@@ -566,7 +565,7 @@ class JobRun:
                 )
             elif isinstance(error, LeaseLost | JobCancelled):
                 self.succeeded = False
-                self.interrupt = error
+                self.interrupt_with(error)
                 self._report_interrupt()
             else:
                 self.succeeded = False
@@ -579,8 +578,8 @@ class JobRun:
                 )
         finally:
             self.outcome_pending = False
-            self.app._lease_keeper.discard(self)
-            self.app._job_finished(self.job_id)
+            self.runtime.lease_keeper.discard(self)
+            self.runtime.job_finished(self.job_id)
 
     def _report_interrupt(self) -> None:
         if isinstance(self.interrupt, LeaseLost) and self.interrupt_logged:
@@ -599,8 +598,11 @@ class JobRun:
             )
         else:
             released = False
-            with contextlib.suppress(StoreError):
-                released = self.store.job_release(self.job_id, self.fence, now=self.app.clock.now())
+            with contextlib.suppress(StoreError, LeaseLost, JobCancelled):
+                self.store.job_transition(
+                    Outcome.release(self.job_id, self.fence), now=self.clock.now()
+                )
+                released = True
             self.logger.error(
                 "job %s stopped: %s; %s",
                 self.job_id,
@@ -610,6 +612,16 @@ class JobRun:
                 else "another worker replays it from its last checkpoint once its lease expires",
                 extra={"action": "store.error"},
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a run ended: its transition, the log action, the error or park, a retry delay."""
+
+    outcome: Outcome
+    action: str
+    cause: BaseException | None = None
+    delay: float = 0.0
 
 
 def _suspend_in(group: BaseExceptionGroup[BaseException]) -> Suspend | None:
@@ -629,13 +641,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-def _decode_arguments(
-    app: App, claimed: ClaimedJob
+def _prepare(
+    runtime: Runtime, claimed: ClaimedJob
 ) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
-    definition = app.jobs[claimed.name]
+    """The run of a claimed job and its decoded arguments; None when they cannot be
+    decoded (the run is then failed)."""
+    definition = runtime.jobs[claimed.name]
     # Fence 1 is a job's first claim ever: no run can have written a checkpoint yet.
-    history = [] if claimed.fence == 1 else app.store.checkpoint_list(claimed.id)
-    run = JobRun(app, claimed, definition, history)
+    history = [] if claimed.fence == 1 else runtime.store.checkpoint_list(claimed.id)
+    run = JobRun(runtime, claimed, definition, history)
     try:
         args, kwargs = definition.codec.decode(claimed.args)
     except SerializationError as exc:
@@ -648,44 +662,65 @@ def _decode_arguments(
     return run, args, kwargs
 
 
-def execute_sync(app: App, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
+def classify_end(run: JobRun, exc: BaseException) -> tuple[BaseException | None, bool]:
+    """What a job function's exception means for its run: the error ``finish`` records,
+    and whether the exception goes on up (the process or the task is being stopped).
+
+    Exceptions, a park and a shutdown release are the job's own ends. A group holding a
+    park (``asyncio.TaskGroup``) parks. The cancellation of a job that was cancelled
+    reports the cancellation. Anything else (``KeyboardInterrupt``, a task cancelled
+    for shutdown) gives the job back and propagates.
+    """
+    if isinstance(exc, Exception | Released | Suspend):
+        return exc, False
+    if isinstance(exc, BaseExceptionGroup):
+        suspend = _suspend_in(exc)
+        if suspend is not None:
+            return suspend, False
+    elif isinstance(exc, asyncio.CancelledError) and isinstance(run.interrupt, JobCancelled):
+        return exc, False  # finish reports the cancellation
+    return Released(), True
+
+
+def execute_sync(runtime: Runtime, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
     """Run one attempt of a sync job in this thread."""
-    prepared = _decode_arguments(app, claimed)
+    prepared = _prepare(runtime, claimed)
     if prepared is None:
         return None
     run, args, kwargs = prepared
     run.defer_completion = defer
-    app._lease_keeper.add(run)
+    runtime.lease_keeper.add(run)
     token = current_run.set(run)
     try:
         run.check()
         value = run.definition.fn(*args, **kwargs)
-    except (Exception, Released, Suspend) as exc:
+    except BaseException as exc:
         current_run.reset(token)
-        run.finish(error=exc)
-    except BaseException:
-        current_run.reset(token)
-        run.finish(error=Released())
-        raise
+        error, propagate = classify_end(run, exc)
+        run.finish(None, error)
+        if propagate:
+            raise
     else:
         current_run.reset(token)
         run.finish(value)
     finally:
         if not run.outcome_pending:
-            app._lease_keeper.discard(run)
+            runtime.lease_keeper.discard(run)
     return run
 
 
-async def execute_async(app: App, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
+async def execute_async(
+    runtime: Runtime, claimed: ClaimedJob, *, defer: bool = False
+) -> JobRun | None:
     """Run one attempt of an ``async def`` job on the running event loop."""
-    prepared = await app._call_store(_decode_arguments, app, claimed)
+    prepared = await runtime.call_store(_prepare, runtime, claimed)
     if prepared is None:
         return None
     run, args, kwargs = prepared
     run.defer_completion = defer
     run.task = asyncio.current_task()
     run.loop = asyncio.get_running_loop()
-    app._lease_keeper.add(run)
+    runtime.lease_keeper.add(run)
     token = current_run.set(run)
     try:
         run.check()
@@ -693,40 +728,34 @@ async def execute_async(app: App, claimed: ClaimedJob, *, defer: bool = False) -
         if run.deadline is None:
             value = await coroutine
         else:
-            remaining = max(run.deadline - app.clock.now(), 0.0)
+            remaining = max(run.deadline - run.clock.now(), 0.0)
             try:
                 value = await asyncio.wait_for(coroutine, remaining)
             except TimeoutError as exc:
-                if app.clock.now() < run.deadline:
+                if run.clock.now() < run.deadline:
                     raise  # the job's own TimeoutError
                 raise run.timed_out() from exc
-    except (Exception, Released, Suspend) as exc:
+    except BaseException as exc:
         current_run.reset(token)
-        await app._call_store(run.finish, None, exc)
-    except BaseExceptionGroup as group:
-        current_run.reset(token)
-        suspend = _suspend_in(group)
-        if suspend is None:
-            await asyncio.shield(app._call_store(run.finish, None, Released()))
+        error, propagate = classify_end(run, exc)
+        if propagate:
+            await asyncio.shield(runtime.call_store(run.finish, None, error))
             raise
-        await app._call_store(run.finish, None, suspend)
-    except asyncio.CancelledError:
-        current_run.reset(token)
-        if not isinstance(run.interrupt, JobCancelled):
-            await asyncio.shield(app._call_store(run.finish, None, Released()))
-            raise
-        await app._call_store(run.finish, None, None)  # reports the cancellation
-    except BaseException:
-        current_run.reset(token)
-        await asyncio.shield(app._call_store(run.finish, None, Released()))
-        raise
+        await runtime.call_store(run.finish, None, error)
     else:
         current_run.reset(token)
-        await app._call_store(run.finish, value)
+        await runtime.call_store(run.finish, value)
     finally:
         if not run.outcome_pending:
-            app._lease_keeper.discard(run)
+            runtime.lease_keeper.discard(run)
     return run
 
 
-__all__ = ["JobRun", "Released", "execute_async", "execute_sync"]
+__all__ = [
+    "JobRun",
+    "Released",
+    "classify_end",
+    "current_run",
+    "execute_async",
+    "execute_sync",
+]

@@ -10,21 +10,16 @@ so one worker wins). Ticks that passed while no worker ran are handled per ``mis
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from .errors import KeyConflict, StepstoneError
-
-if TYPE_CHECKING:
-    from .app import App
-    from .job import JobDefinition
+from .errors import StepstoneError
 
 #: How many missed ticks ``missed="all"`` enqueues at most after a long outage.
 MAX_CATCH_UP = 1000
@@ -106,42 +101,4 @@ class Schedule:
         return f"cron:{self.name}:{when}"
 
 
-def keep_schedule(app: App, definition: JobDefinition[Any, Any], now: float) -> None:
-    """Make sure the job's next tick is enqueued; when a tick came due, move on to the next
-    one, enqueueing the missed ticks per the schedule's policy."""
-    schedule = definition.schedule
-    assert schedule is not None
-    store = app.store
-    recorded = store.schedule_next(definition.name)
-    if recorded is None:
-        first = schedule.next_after(now)
-        _enqueue_tick(app, definition, first)
-        store.schedule_advance(definition.name, expected=None, tick=first, now=now)
-        return
-    if recorded > now:
-        return
-    _enqueue_tick(app, definition, recorded)  # normally enqueued already: a no-op
-    tick = schedule.next_after(now)
-    chosen: list[float] = []
-    if schedule.missed == "all":
-        chosen = schedule.ticks_between(recorded, now, MAX_CATCH_UP)
-    elif schedule.missed == "latest":
-        latest = schedule.latest_at_or_before(now)
-        chosen = [latest] if latest > recorded else []
-    for moment in chosen:
-        _enqueue_tick(app, definition, moment)
-    _enqueue_tick(app, definition, tick)
-    store.schedule_advance(definition.name, expected=recorded, tick=tick, now=now)
-
-
-def _enqueue_tick(app: App, definition: JobDefinition[Any, Any], tick: float) -> None:
-    schedule = definition.schedule
-    assert schedule is not None
-    # A tick queued by an older release whose defaults differed is still this tick.
-    with contextlib.suppress(KeyConflict):
-        app._insert(
-            definition, (), {}, key=schedule.key(tick), run_at=tick, queue=None, priority=None
-        )
-
-
-__all__ = ["MAX_CATCH_UP", "MISSED_POLICIES", "Schedule", "keep_schedule"]
+__all__ = ["MAX_CATCH_UP", "MISSED_POLICIES", "Schedule"]

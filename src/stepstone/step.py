@@ -12,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from .context import StepFrame, current_run, current_step
+from ._frames import StepFrame, current_step, logger
 from .errors import SerializationError, StepstoneError, StoreError
 from .keys import KeyTemplate
 from .limits import Rate, rate_key
 from .retry import Retry
+from .runner import JobRun, current_run
 from .serialization import ArgumentCodec, loads
 
 if TYPE_CHECKING:
-    from .app import App
-    from .runner import JobRun
+    from ._runtime import Runtime
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,25 +36,51 @@ MEMO_POLL_MAX = 0.25
 #: The longest a rate-limited call sleeps before asking again (it re-checks cancellation).
 RATE_WAIT_MAX = 1.0
 
+# The effects the step attempt protocol asks its driver for (see ``_attempts``).
+#: ``(_STORE, fn, args)``: a blocking store call (through a thread for async code).
+_STORE = 0
+#: ``(_BODY, frame)``: run the body once; returns ``(value, encoded)``.
+_BODY = 1
+#: ``(_SLEEP, seconds)``: a backoff on the App's clock.
+_SLEEP = 2
+#: ``(_POLL, seconds)``: a short real wait for a memo key another run computes.
+_POLL = 3
+#: ``(_RELEASE, key)``: give the memo key up (shielded from cancellation).
+_RELEASE = 4
+
+Effect = tuple[Any, ...]
+Protocol = Generator[Effect, Any, Any]
+
+
+class _Interrupted(Exception):
+    """Raised by a body to stop the step without retrying it: ``error`` goes up as it is
+    (from ``cause``); ``sticky``: it becomes the run's interruption."""
+
+    def __init__(self, error: StepstoneError, *, sticky: bool, cause: BaseException | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sticky = sticky
+        self.cause = cause
+
 
 class StepDefinition(Generic[P, R]):
     """A declared step. Inside a running job a call is checkpointed; outside, a plain call."""
 
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         fn: Callable[P, R],
         *,
         name: str,
         retry: Retry,
         localns: dict[str, Any] | None = None,
         key: str | Callable[..., str] | None = None,
-        ttl: float | timedelta | None = None,
+        ttl: float | None = None,
         transactional: bool = False,
         timeout: float | None = None,
         rate: Rate | None = None,
     ) -> None:
-        self.app = app
+        self.runtime = runtime
         self.fn = fn
         self.name = name
         self.retry = retry
@@ -66,43 +92,13 @@ class StepDefinition(Generic[P, R]):
         )
         if ttl is not None and key is None:
             raise StepstoneError(f"step {name}: ttl= applies to a memo key; pass key= too")
-        self.ttl = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+        self.ttl = ttl
         if self.ttl is not None and self.ttl <= 0:
             raise ValueError(f"step {name}: ttl must be positive")
         self.timeout = timeout
         self.rate = rate
         self.rate_key = rate_key(rate, fn, name) if rate is not None else None
         functools.update_wrapper(self, fn)
-
-    def _rate_name(self, args: Any, kwargs: Any) -> str:
-        assert self.rate_key is not None
-        key = (
-            self.rate_key if isinstance(self.rate_key, str) else self.rate_key.render(args, kwargs)
-        )
-        return key
-
-    def _take_rate_sync(self, run: JobRun, args: Any, kwargs: Any) -> None:
-        """Wait (outside any transaction) until the step's rate limit lets a call through."""
-        if self.rate is None:
-            return
-        key = self._rate_name(args, kwargs)
-        while True:
-            wait = run.rate_acquire(key, self.rate)
-            if wait <= 0:
-                return
-            self.app.clock.sleep(min(wait, RATE_WAIT_MAX))
-            run.check()
-
-    async def _take_rate_async(self, run: JobRun, args: Any, kwargs: Any) -> None:
-        if self.rate is None:
-            return
-        key = self._rate_name(args, kwargs)
-        while True:
-            wait = await self.app._call_store(run.rate_acquire, key, self.rate)
-            if wait <= 0:
-                return
-            await self.app.clock.sleep_async(min(wait, RATE_WAIT_MAX))
-            run.check()
 
     @property
     def return_type(self) -> object:
@@ -121,17 +117,17 @@ class StepDefinition(Generic[P, R]):
         run = current_run.get()
         if run is None or current_step.get() is not None:
             return self._plain_call(args, kwargs)
+        # The position is taken now, at call time (an async step's too, not when its
+        # coroutine first runs: ``asyncio.gather`` over steps stays deterministic).
+        run.check()
+        seq, ident = run.assign(self.name)
+        attempts = self._attempts(run, seq, ident, args, kwargs)
         if self.is_async:
-            # The position is taken now, at call time, not when the coroutine first runs.
-            return cast(R, self._call_async(run, *self._begin(run), args, kwargs))
-        return self._call_sync(run, *self._begin(run), args, kwargs)
+            return cast(R, _drive_async(self, run, attempts, args, kwargs))
+        return cast(R, _drive_sync(self, run, attempts, args, kwargs))
 
     def _plain_call(self, args: Any, kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
-
-    def _begin(self, run: JobRun) -> tuple[int, str]:
-        run.check()
-        return run.assign(self.name)
 
     def _decode_memo(self, run: JobRun, key: str, text: str) -> Any:
         try:
@@ -143,131 +139,186 @@ class StepDefinition(Generic[P, R]):
                 f"same key, or the type changed. Drop it with `stepstone forget {key}`."
             ) from exc
 
-    # sync -------------------------------------------------------------------------------
-    def _call_sync(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
+    # the step attempt protocol, written once -------------------------------------------
+    def _attempts(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> Protocol:
+        """One step call inside a run, as a generator of effects that a sync or an async
+        driver performs: replay the checkpoint, or take the memo key (or wait for the run
+        that computes it), take the rate limit, run the body, and checkpoint its value; a
+        failed attempt is recorded and retried after its backoff, the final failure is
+        checkpointed too. Returns the step's value (or raises its error)."""
         stored = run.history.get(seq)
         if stored is not None:
-            return cast(R, run.replay(stored, self))
+            return run.replay(stored, self.return_type)
         memo = None
         if self.memo is not None:
             memo = self.memo.render(args, kwargs)
             delay = 0.005
             while True:
-                claim = run.memo_acquire(self, seq, ident, memo)
+                claim = yield (_STORE, run.memo_acquire, (self.name, seq, ident, memo))
                 if claim.outcome == "hit":
-                    assert claim.value is not None
-                    return cast(R, self._decode_memo(run, memo, claim.value))
+                    return self._decode_memo(run, memo, claim.value)
                 if claim.outcome == "acquired":
                     break
                 run.check()
-                time.sleep(delay)
-                delay = min(delay * 2, MEMO_POLL_MAX, self.app.poll_interval)
+                yield (_POLL, delay)
+                delay = min(delay * 2, MEMO_POLL_MAX, run.runtime.poll_interval)
         try:
-            return self._attempts_sync(run, seq, ident, args, kwargs, memo=memo)
-        except BaseException:
-            if memo is not None:
-                run.memo_release(memo)
-            raise
-
-    def _attempts_sync(
-        self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any, *, memo: str | None
-    ) -> R:
-        attempt = 0
-        while True:
-            attempt += 1
-            self._take_rate_sync(run, args, kwargs)
-            started = run.log_step_started(ident, attempt)
-            token = current_step.set(StepFrame(self.name, ident, seq, attempt, memo))
-            watchdog = run.watch_step(self, seq, ident, attempt) if self.timeout else None
-            try:
-                value = self.fn(*args, **kwargs)
-                if watchdog is not None:
-                    watchdog.done()
-                text = run.encode_step_value(self, ident, value)
-            except Exception as exc:
-                current_step.reset(token)
-                if watchdog is not None and watchdog.done():
-                    raise run.abandoned() from exc
-                delay = run.step_failed(self, seq, ident, attempt, exc)
-                if delay is None:
-                    raise
-                self.app.clock.sleep(delay)
-                run.check()
-                continue
-            current_step.reset(token)
-            if memo is None:
-                run.checkpoint(seq, ident, "ok", text, attempt)
-            else:
-                stored = run.memo_complete(self, seq, ident, memo, text=text, attempts=attempt)
-                if stored != text:  # another run stored the key first: its value wins
-                    value = self._decode_memo(run, memo, stored)
-            run.log_step(ident, attempt, started)
-            return value
-
-    # async ------------------------------------------------------------------------------
-    async def _call_async(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
-        stored = run.history.get(seq)
-        app = self.app
-        if stored is not None:
-            return cast(R, run.replay(stored, self))
-        memo = None
-        if self.memo is not None:
-            memo = self.memo.render(args, kwargs)
-            delay = 0.005
+            attempt = 0
             while True:
-                claim = await app._call_store(run.memo_acquire, self, seq, ident, memo)
-                if claim.outcome == "hit":
-                    assert claim.value is not None
-                    return cast(R, self._decode_memo(run, memo, claim.value))
-                if claim.outcome == "acquired":
-                    break
-                run.check()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MEMO_POLL_MAX, app.poll_interval)
-        try:
-            return await self._attempts_async(run, seq, ident, args, kwargs, memo=memo)
-        except BaseException:
-            if memo is not None:
-                await asyncio.shield(app._call_store(run.memo_release, memo))
-            raise
-
-    async def _attempts_async(
-        self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any, *, memo: str | None
-    ) -> R:
-        app = self.app
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._take_rate_async(run, args, kwargs)
-            started = run.log_step_started(ident, attempt)
-            token = current_step.set(StepFrame(self.name, ident, seq, attempt, memo))
-            try:
-                if self.timeout is None:
-                    value = await cast(Any, self.fn)(*args, **kwargs)
-                else:
-                    value = await asyncio.wait_for(
-                        cast(Any, self.fn)(*args, **kwargs), self.timeout
+                attempt += 1
+                if self.rate is not None:
+                    yield from self._take_rate(run, args, kwargs)
+                debug = logger.isEnabledFor(logging.DEBUG)
+                if debug:
+                    started = time.perf_counter()
+                    run.logger.debug(
+                        "step %s started (attempt %d)",
+                        ident,
+                        attempt,
+                        extra={"action": "step.started", "step": ident},
                     )
-                text = run.encode_step_value(self, ident, value)
-            except Exception as exc:
+                frame = StepFrame(self.name, ident, seq, attempt, memo)
+                token = current_step.set(frame)
+                try:
+                    value, text = yield (_BODY, frame)
+                except _Interrupted as interrupted:
+                    current_step.reset(token)
+                    if interrupted.sticky:
+                        run.interrupt_with(interrupted.error)
+                    raise interrupted.error from interrupted.cause
+                except Exception as exc:
+                    current_step.reset(token)
+                    delay = yield (_STORE, run.step_failed, (self.retry, seq, ident, attempt, exc))
+                    if delay is None:
+                        raise
+                    yield (_SLEEP, delay)
+                    run.check()
+                    continue
                 current_step.reset(token)
-                delay = await app._call_store(run.step_failed, self, seq, ident, attempt, exc)
-                if delay is None:
-                    raise
-                await app.clock.sleep_async(delay)
-                run.check()
+                if self.transactional:  # its checkpoint was written with its body
+                    run.executed += 1
+                elif memo is None:
+                    yield (_STORE, run.checkpoint, (seq, ident, "ok", text, attempt))
+                else:
+                    complete = functools.partial(
+                        run.memo_complete, step_name=self.name, ttl=self.ttl
+                    )
+                    kept = yield (_STORE, complete, (memo, seq, ident, text, attempt))
+                    if kept != text:  # another run stored the key first: its value wins
+                        value = self._decode_memo(run, memo, kept)
+                if debug:
+                    run.logger.debug(
+                        "step %s succeeded (attempt %d, %.1f ms)",
+                        ident,
+                        attempt,
+                        (time.perf_counter() - started) * 1000,
+                        extra={"action": "step.succeeded", "step": ident},
+                    )
+                return value
+        except BaseException:
+            if memo is not None:
+                yield (_RELEASE, memo)
+            raise
+
+    def _take_rate(self, run: JobRun, args: Any, kwargs: Any) -> Protocol:
+        """Wait (outside any transaction) until the step's rate limit lets a call through."""
+        assert self.rate is not None
+        assert self.rate_key is not None
+        template = self.rate_key
+        key = template if isinstance(template, str) else template.render(args, kwargs)
+        while True:
+            wait = yield (_STORE, run.rate_acquire, (key, self.rate))
+            if wait <= 0:
+                return
+            yield (_SLEEP, min(wait, RATE_WAIT_MAX))
+            run.check()
+
+    def _body_sync(self, run: JobRun, frame: StepFrame, args: Any, kwargs: Any) -> tuple[Any, str]:
+        """Run a sync body once. With a timeout, a watchdog abandons the attempt."""
+        if self.timeout is None:
+            value = self.fn(*args, **kwargs)
+            return value, run.encode_step_value(self.return_type, frame.ident, value)
+        watchdog = run.watch_step(self.timeout, frame.seq, frame.ident, frame.attempt)
+        try:
+            value = self.fn(*args, **kwargs)
+            watchdog.done()
+            return value, run.encode_step_value(self.return_type, frame.ident, value)
+        except Exception as exc:
+            if watchdog.done():
+                raise _Interrupted(run.abandoned(), sticky=False, cause=exc) from exc
+            raise
+
+    async def _body_async(
+        self, run: JobRun, frame: StepFrame, args: Any, kwargs: Any
+    ) -> tuple[Any, str]:
+        """Run an async body once; with a timeout, it is cancelled (``TimeoutError``)."""
+        coroutine = cast(Callable[..., Coroutine[Any, Any, Any]], self.fn)(*args, **kwargs)
+        if self.timeout is None:
+            value = await coroutine
+        else:
+            value = await asyncio.wait_for(coroutine, self.timeout)
+        return value, run.encode_step_value(self.return_type, frame.ident, value)
+
+
+def _drive_sync(
+    step: StepDefinition[Any, Any], run: JobRun, attempts: Protocol, args: Any, kwargs: Any
+) -> Any:
+    """Perform the protocol's effects in this thread."""
+    send = attempts.send
+    try:
+        effect = send(None)
+        while True:
+            try:
+                kind = effect[0]
+                if kind == _STORE:
+                    result = effect[1](*effect[2])
+                elif kind == _BODY:
+                    result = step._body_sync(run, effect[1], args, kwargs)
+                else:
+                    result = None
+                    if kind == _SLEEP:
+                        run.clock.sleep(effect[1])
+                    elif kind == _POLL:
+                        time.sleep(effect[1])
+                    else:
+                        run.memo_release(effect[1])
+            except BaseException as exc:
+                effect = attempts.throw(exc)
                 continue
-            current_step.reset(token)
-            if memo is None:
-                await app._call_store(run.checkpoint, seq, ident, "ok", text, attempt)
-            else:
-                stored = await app._call_store(
-                    run.memo_complete, self, seq, ident, memo, text=text, attempts=attempt
-                )
-                if stored != text:
-                    value = self._decode_memo(run, memo, stored)
-            run.log_step(ident, attempt, started)
-            return cast(R, value)
+            effect = send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def _drive_async(
+    step: StepDefinition[Any, Any], run: JobRun, attempts: Protocol, args: Any, kwargs: Any
+) -> Any:
+    """Perform the protocol's effects on the running event loop (store calls through the
+    runtime, which moves them off the loop when the store blocks)."""
+    call_store = run.runtime.call_store
+    try:
+        effect = attempts.send(None)
+        while True:
+            try:
+                kind = effect[0]
+                if kind == _STORE:
+                    result = await call_store(effect[1], *effect[2])
+                elif kind == _BODY:
+                    result = await step._body_async(run, effect[1], args, kwargs)
+                else:
+                    result = None
+                    if kind == _SLEEP:
+                        await run.clock.sleep_async(effect[1])
+                    elif kind == _POLL:
+                        await asyncio.sleep(effect[1])
+                    else:
+                        await asyncio.shield(call_store(run.memo_release, effect[1]))
+            except BaseException as exc:
+                effect = attempts.throw(exc)
+                continue
+            effect = attempts.send(result)
+    except StopIteration as stop:
+        return stop.value
 
 
 class TransactionStep(StepDefinition[P, R]):
@@ -276,11 +327,12 @@ class TransactionStep(StepDefinition[P, R]):
     The function's first parameter receives the connection (``sqlite3.Connection`` or a
     psycopg ``Connection``); callers pass only the other arguments. Each attempt gets a
     fresh transaction; the step's writes and its checkpoint commit together or not at all.
+    It is the step protocol with one more body: the body writes the checkpoint itself.
     """
 
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         fn: Callable[..., R],
         *,
         name: str,
@@ -299,7 +351,7 @@ class TransactionStep(StepDefinition[P, R]):
                 "the database connection"
             )
         super().__init__(
-            app,
+            runtime,
             cast(Callable[P, R], fn),
             name=name,
             retry=retry,
@@ -309,64 +361,28 @@ class TransactionStep(StepDefinition[P, R]):
 
     def _plain_call(self, args: Any, kwargs: Any) -> R:
         # Outside a job (or inside another step): its own transaction, no checkpoint.
-        with self.app.store.step_transaction(None, None) as transaction:
+        with self.runtime.store.step_transaction(None, None) as transaction:
             return cast(Callable[..., R], self.fn)(transaction.connection, *args, **kwargs)
 
-    def _call_sync(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
-        stored = run.history.get(seq)
-        if stored is not None:
-            return cast(R, run.replay(stored, self))
-        store, fn = self.app.store, cast(Callable[..., R], self.fn)
-        attempt = 0
-        while True:
-            attempt += 1
-            started = run.log_step_started(ident, attempt)
-            token = current_step.set(StepFrame(self.name, ident, seq, attempt))
-            try:
-                with store.step_transaction(run.job_id, run.fence) as transaction:
-                    value = fn(transaction.connection, *args, **kwargs)
-                    text = run.encode_step_value(self, ident, value)
-                    try:
-                        transaction.checkpoint(
-                            seq=seq,
-                            name=ident,
-                            value=text,
-                            attempts=attempt,
-                            now=self.app.clock.now(),
-                        )
-                    except StepstoneError as exc:  # LeaseLost, JobCancelled, StoreError
-                        raise _Interrupted(exc) from exc
-            except _Interrupted as interrupted:
-                current_step.reset(token)
-                run.interrupt = cast(Any, interrupted.error)
-                raise interrupted.error from None
-            except StoreError as exc:  # the transaction could not begin or commit
-                current_step.reset(token)
-                run.interrupt = exc
-                raise
-            except Exception as exc:
-                current_step.reset(token)
-                delay = run.step_failed(self, seq, ident, attempt, exc)
-                if delay is None:
-                    raise
-                self.app.clock.sleep(delay)
-                run.check()
-                continue
-            current_step.reset(token)
-            run.executed += 1
-            run.log_step(ident, attempt, started)
-            return value
-
-    async def _call_async(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> R:
-        raise AssertionError("transactional steps are sync")  # pragma: no cover
-
-
-class _Interrupted(Exception):
-    """Carries a refused checkpoint out of the transaction (which then rolls back)."""
-
-    def __init__(self, error: StepstoneError) -> None:
-        super().__init__(str(error))
-        self.error = error
+    def _body_sync(self, run: JobRun, frame: StepFrame, args: Any, kwargs: Any) -> tuple[Any, str]:
+        fn = cast(Callable[..., Any], self.fn)
+        try:
+            with run.store.step_transaction(run.job_id, run.fence) as transaction:
+                value = fn(transaction.connection, *args, **kwargs)
+                text = run.encode_step_value(self.return_type, frame.ident, value)
+                try:
+                    transaction.checkpoint(
+                        seq=frame.seq,
+                        name=frame.ident,
+                        value=text,
+                        attempts=frame.attempt,
+                        now=run.clock.now(),
+                    )
+                except StepstoneError as exc:  # LeaseLost, JobCancelled, StoreError
+                    raise _Interrupted(exc, sticky=True, cause=None) from exc
+        except StoreError as exc:  # the transaction could not begin or commit
+            raise _Interrupted(exc, sticky=True, cause=exc.__cause__) from exc
+        return value, text
 
 
 __all__ = ["MEMO_POLL_MAX", "StepDefinition", "TransactionStep"]

@@ -18,13 +18,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from .context import logger
-from .errors import StoreError
+from ._enqueue import keep_schedule
+from ._frames import logger
+from ._maintenance import rescue_expired
+from ._runtime import Runtime, RuntimeOwner, runtime_of
+from .errors import JobCancelled, LeaseLost, StoreError
 from .runner import execute_async, execute_sync
-from .schedule import keep_schedule
-from .store.base import ClaimedJob, IdleStatus
+from .types import ClaimedJob, IdleStatus, Outcome
 
 #: How often an idle worker asks the store whether anything changed.
 _CHANGE_CHECK_SECONDS = 0.005
@@ -40,7 +42,6 @@ PREFETCH_MAX_SECONDS = 0.05
 PREFETCH_HOLD_SECONDS = 0.25
 
 if TYPE_CHECKING:
-    from .app import App
     from .job import JobDefinition
 
 
@@ -58,8 +59,9 @@ class _DaemonThreads:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def submit(
+        self, fn: Callable[[], Any], future: concurrent.futures.Future[Any]
+    ) -> concurrent.futures.Future[Any]:
         self._tasks.put((fn, future))
         return future
 
@@ -90,13 +92,18 @@ class _HeldLease:
         self.interrupt: BaseException | None = None
         self.interrupt_logged = False
         self.outcome_written = False
+        self.stopping = False
 
-    def interrupt_with(self, error: BaseException) -> None:
+    def interrupt_with(
+        self, error: BaseException, *, logged: bool = False, cancel: bool = False
+    ) -> None:
         self.interrupt = error
+        self.interrupt_logged = self.interrupt_logged or logged
 
 
 class Worker:
-    """Runs jobs of one App until stopped (or, with ``until_idle``, until idle).
+    """Runs jobs of one App (or of a bare runtime) until stopped (or, with ``until_idle``,
+    until idle).
 
     Claiming ahead (opt-in, ``prefetch=``; off by default because, around a PostgreSQL
     restart, held jobs started after the restart could be rescued and run twice more often
@@ -111,7 +118,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: RuntimeOwner | Runtime,
         *,
         concurrency: int = 8,
         queues: list[str] | str | None = None,
@@ -123,12 +130,12 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if isinstance(queues, str):
             queues = [name.strip() for name in queues.split(",") if name.strip()]
-        self.app = app
+        runtime = self.runtime = runtime_of(app)
         self.concurrency = concurrency
         self.queues = list(queues) if queues else None
         self.until_idle = until_idle
-        self.shutdown_grace = app.shutdown_grace if shutdown_grace is None else shutdown_grace
-        self.owner = f"{app.owner}:w{id(self) % 10000:04d}"
+        self.shutdown_grace = runtime.shutdown_grace if shutdown_grace is None else shutdown_grace
+        self.owner = f"{runtime.owner}:w{id(self) % 10000:04d}"
         #: The runs in flight, by (job id, fencing token): an abandoned attempt whose thread
         #: is still busy keeps its slot beside the job's next attempt.
         self.running: dict[tuple[str, int], asyncio.Future[Any]] = {}
@@ -139,7 +146,7 @@ class Worker:
         self.claimed_total = 0
         #: The names of the jobs with a concurrency limit (claimed under it).
         self._limited = sorted(
-            name for name, definition in app.jobs.items() if definition.concurrency is not None
+            name for name, definition in runtime.jobs.items() if definition.concurrency is not None
         )
         #: At most how many jobs a claim may take beyond the free slots, while jobs are short.
         self.prefetch = 0 if prefetch is None else prefetch
@@ -158,7 +165,7 @@ class Worker:
         if self._stop.is_set() or now:
             self._hard_stop.set()
         self._stop.set()
-        for run in self.app._lease_keeper.active():
+        for run in self.runtime.lease_keeper.active():
             if (run.job_id, run.fence) in self.running:
                 run.stopping = True
         self.wake()
@@ -180,7 +187,7 @@ class Worker:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(lambda: self.app.store)
+                await asyncio.to_thread(lambda: self.runtime.store)
                 return True
             except StoreError as exc:
                 if not exc.transient:
@@ -196,7 +203,7 @@ class Worker:
         return False
 
     async def _main(self) -> None:
-        app = self.app
+        runtime = self.runtime
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         installed = self._install_signals()
@@ -210,8 +217,8 @@ class Worker:
         if not opened:
             return
         threads = _DaemonThreads(self.concurrency)
-        app._workers.add(self)
-        names = sorted(app.jobs)
+        runtime.workers.add(self)
+        names = sorted(runtime.jobs)
         if not names:
             logger.warning(
                 "this App declares no jobs; the worker has nothing to run",
@@ -223,19 +230,21 @@ class Worker:
             len(names),
             self.concurrency,
             ",".join(self.queues) if self.queues else "all",
-            app.store.url,
+            runtime.store.url,
             extra={"action": "worker.started"},
         )
-        unsubscribe = app.store.on_change(self.wake)
-        rescue_every = min(max(app.lease / 4, 0.05), 5.0)
+        store = runtime.store
+        unsubscribe = store.on_change(self.wake)
+        rescue_every = min(max(runtime.lease / 4, 0.05), 5.0)
         next_rescue = 0.0
+        jobs = runtime.jobs
         scheduled = [
-            app.jobs[name]
+            jobs[name]
             for name in names
-            if app.jobs[name].schedule is not None
-            and (self.queues is None or app.jobs[name].queue in self.queues)
+            if jobs[name].schedule is not None
+            and (self.queues is None or jobs[name].queue in self.queues)
         ]
-        schedule_every = min(app.poll_interval, 1.0)
+        schedule_every = min(runtime.poll_interval, 1.0)
         next_schedule = 0.0
         try:
             while not self._stop.is_set():
@@ -247,16 +256,14 @@ class Worker:
                     next_schedule = loop_now + schedule_every
                     await self._keep_schedules(scheduled)
                 marker = (
-                    None
-                    if app.store.pushes_changes
-                    else await app._call_store(app.store.change_marker)
+                    None if store.pushes_changes else await runtime.call_store(store.change_marker)
                 )
                 claimed = await self._claim(names)
                 for job in claimed:
                     self._start(job, threads)
                 if claimed and len(self.running) < self.concurrency:
                     continue
-                timeout = min(app.poll_interval, max(next_rescue - self._loop.time(), 0.0))
+                timeout = min(runtime.poll_interval, max(next_rescue - self._loop.time(), 0.0))
                 if not claimed and len(self.running) < self.concurrency:
                     status = await self._idle_status(names)
                     if self.until_idle and not self.running and not status.due:
@@ -267,14 +274,14 @@ class Worker:
                         # limit, or locked by another claimer. Look again soon, not at once.
                         timeout = min(timeout, BLOCKED_RETRY_SECONDS)
                     elif status.next_run_at is not None:
-                        timeout = min(timeout, max(status.next_run_at - app.clock.now(), 0.0))
+                        timeout = min(timeout, max(status.next_run_at - runtime.clock.now(), 0.0))
                 full = len(self.running) >= self.concurrency
-                watch = not full and not app.store.pushes_changes
+                watch = not full and not store.pushes_changes
                 await self._wait(timeout, marker if watch else None)
             await self._drain()
         finally:
             unsubscribe()
-            app._workers.discard(self)
+            runtime.workers.discard(self)
             threads.shutdown()
             for sig in installed:
                 self._loop.remove_signal_handler(sig)
@@ -314,7 +321,7 @@ class Worker:
         """
         assert self._wake is not None
         assert self._loop is not None
-        app = self.app
+        runtime = self.runtime
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         waiters.extend(self.running.values())
         deadline = self._loop.time() + seconds
@@ -329,7 +336,10 @@ class Worker:
                 )
                 if done:
                     return
-                if marker is not None and await app._call_store(app.store.change_marker) != marker:
+                if (
+                    marker is not None
+                    and await runtime.call_store(runtime.store.change_marker) != marker
+                ):
                     return
         finally:
             waiters[0].cancel()
@@ -358,29 +368,29 @@ class Worker:
             lease = self._held.pop(job.id, None)
             if lease is None:
                 continue
-            self.app._lease_keeper.discard(cast(Any, lease))
+            self.runtime.lease_keeper.discard(lease)
             if lease.interrupt is not None:  # cancelled, or its lease was lost
                 continue
             # Held for longer than a heartbeat interval (this process may have been frozen
             # past its lease): make sure the job is still ours before running it.
-            old = time.monotonic() - lease.since > self.app.lease / 3
+            old = time.monotonic() - lease.since > self.runtime.lease / 3
             (stale if old else held).append(job)
         if stale:
             held += await self._still_ours(stale)
         if held:
             return held
-        app = self.app
-        now = app.clock.now()
+        runtime = self.runtime
+        now = runtime.clock.now()
         ahead = self._ahead()
         try:
-            claimed = await app._call_store(
-                lambda: app.store.job_claim_due(
+            claimed = await runtime.call_store(
+                lambda: runtime.store.job_claim_due(
                     owner=self.owner,
                     names=names,
                     queues=self.queues,
                     limit=free + ahead,
                     now=now,
-                    lease_until=now + app.lease,
+                    lease_until=now + runtime.lease,
                     limited=self._limited,
                 )
             )
@@ -388,25 +398,25 @@ class Worker:
             logger.exception(
                 "claiming jobs failed; retrying", extra={"action": "worker.claim_failed"}
             )
-            await asyncio.sleep(min(1.0, app.lease / 4))
+            await asyncio.sleep(min(1.0, runtime.lease / 4))
             return []
         self.claimed_total += len(claimed)
         for job in claimed[free:]:
             lease = _HeldLease(job)
             self._held[job.id] = lease
             self._buffer.append(job)
-            app._lease_keeper.add(cast(Any, lease))
+            runtime.lease_keeper.add(lease)
         return claimed[:free]
 
     async def _still_ours(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
-        app = self.app
+        runtime = self.runtime
         try:
-            records = await app._call_store(
-                lambda: app.store.job_get_many(ids=[job.id for job in jobs])
+            records = await runtime.call_store(
+                lambda: runtime.store.job_get_many(ids=[job.id for job in jobs])
             )
         except StoreError:
             return []
-        now = app.clock.now()
+        now = runtime.clock.now()
         found = {record.id: record for record in records}
         kept = []
         for job in jobs:
@@ -421,30 +431,42 @@ class Worker:
                 kept.append(job)
         return kept
 
+    async def _release(self, job_id: str, fence: int) -> bool:
+        """Give a job this worker holds back, due now (fenced); False if it was not ours
+        any more (or could not be written: its lease then expires and it is rescued)."""
+        runtime = self.runtime
+        try:
+            await runtime.call_store(
+                runtime.store.job_transition,
+                Outcome.release(job_id, fence),
+                now=runtime.clock.now(),
+            )
+        except (LeaseLost, JobCancelled):
+            return False
+        except StoreError:
+            logger.exception(
+                "could not release job %s; another worker takes it over when its lease expires",
+                job_id,
+                extra={"action": "store.error", "job_id": job_id},
+            )
+            return False
+        return True
+
     async def _release_held(self) -> None:
         """Give back the jobs claimed ahead and not started (shutdown)."""
-        app = self.app
         while self._buffer:
             job = self._buffer.popleft()
             lease = self._held.pop(job.id, None)
             if lease is not None:
-                app._lease_keeper.discard(cast(Any, lease))
-            try:
-                await app._call_store(app.store.job_release, job.id, job.fence, now=app.clock.now())
-            except StoreError:
-                logger.exception(
-                    "could not release job %s claimed ahead; another worker takes it over "
-                    "when its lease expires",
-                    job.id,
-                    extra={"action": "store.error", "job_id": job.id},
-                )
+                self.runtime.lease_keeper.discard(lease)
+            await self._release(job.id, job.fence)
 
     async def _keep_schedules(self, scheduled: list[JobDefinition[Any, Any]]) -> None:
         """Enqueue the next tick of every cron job this worker serves."""
-        app = self.app
+        runtime = self.runtime
         for definition in scheduled:
             try:
-                await app._call_store(keep_schedule, app, definition, app.clock.now())
+                await runtime.call_store(keep_schedule, runtime, definition, runtime.clock.now())
             except Exception:  # a schedule must not stop the worker; it is tried again
                 logger.exception(
                     "keeping the schedule of %s failed; retrying",
@@ -453,10 +475,10 @@ class Worker:
                 )
 
     async def _rescue(self) -> None:
-        app = self.app
+        runtime = self.runtime
         try:
-            rescue = await app._call_store(
-                lambda: app.store.job_rescue_expired(now=app.clock.now())
+            rescue = await runtime.call_store(
+                lambda: rescue_expired(runtime.store, now=runtime.clock.now())
             )
         except StoreError:
             logger.exception(
@@ -477,11 +499,11 @@ class Worker:
             )
 
     async def _idle_status(self, names: list[str]) -> IdleStatus:
-        app = self.app
+        runtime = self.runtime
         try:
-            return await app._call_store(
-                lambda: app.store.job_idle_status(
-                    names=names, queues=self.queues, now=app.clock.now()
+            return await runtime.call_store(
+                lambda: runtime.store.job_idle_status(
+                    names=names, queues=self.queues, now=runtime.clock.now()
                 )
             )
         except StoreError:
@@ -489,7 +511,7 @@ class Worker:
             return IdleStatus(due=True, running=1, next_run_at=None)
 
     def _start(self, job: ClaimedJob, threads: _DaemonThreads) -> None:
-        definition = self.app.jobs[job.name]
+        definition = self.runtime.jobs[job.name]
         logger.debug(
             "claimed job %s (%s), attempt %d, fence %d",
             job.id,
@@ -505,12 +527,14 @@ class Worker:
         )
         future: asyncio.Future[Any]
         if definition.is_async:
-            future = asyncio.ensure_future(execute_async(self.app, job, defer=True))
+            future = asyncio.ensure_future(execute_async(self.runtime, job, defer=True))
+            self.running[(job.id, job.fence)] = future
         else:
-            future = asyncio.wrap_future(
-                threads.submit(lambda: execute_sync(self.app, job, defer=True))
-            )
-        self.running[(job.id, job.fence)] = future
+            # Counted as running before its thread can start it (a stop sees it at once).
+            started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future = asyncio.wrap_future(started)
+            self.running[(job.id, job.fence)] = future
+            threads.submit(lambda: execute_sync(self.runtime, job, defer=True), started)
         if self.prefetch:  # the run-time average only decides how far to claim ahead
             assert self._loop is not None
             self._started_at[(job.id, job.fence)] = self._loop.time()
@@ -540,7 +564,7 @@ class Worker:
         if not self.running:
             await self._flush_successes()
             return
-        for run in self.app._lease_keeper.active():
+        for run in self.runtime.lease_keeper.active():
             if (run.job_id, run.fence) in self.running:
                 run.stopping = True
         assert self._loop is not None
@@ -556,7 +580,7 @@ class Worker:
 
     async def _flush_successes(self) -> None:
         """Before the worker returns: the successes handed to the flusher are written."""
-        if not await asyncio.to_thread(self.app._group_commit.wait_flushed, FLUSH_TIMEOUT):
+        if not await asyncio.to_thread(self.runtime.outcomes.wait_flushed, FLUSH_TIMEOUT):
             logger.warning(
                 "some job successes were not written before the worker stopped; those jobs "
                 "are replayed once their leases expire",
@@ -564,28 +588,18 @@ class Worker:
             )
 
     async def _release_all(self) -> None:
-        app = self.app
         runs = [
-            run for run in app._lease_keeper.active() if (run.job_id, run.fence) in self.running
+            run
+            for run in self.runtime.lease_keeper.active()
+            if (run.job_id, run.fence) in self.running
         ]
         for run in runs:
-            try:
-                released = await app._call_store(
-                    app.store.job_release, run.job_id, run.fence, now=app.clock.now()
-                )
-            except StoreError:
-                logger.exception(
-                    "could not release job %s",
-                    run.job_id,
-                    extra={"action": "store.error", "job_id": run.job_id},
-                )
-                continue
-            if released:
-                from .errors import LeaseLost
-
-                run.interrupt = LeaseLost(
-                    f"job {run.job_id} was released by its stopping worker (fencing token "
-                    f"{run.fence}); another worker resumes it"
+            if await self._release(run.job_id, run.fence):
+                run.interrupt_with(
+                    LeaseLost(
+                        f"job {run.job_id} was released by its stopping worker (fencing token "
+                        f"{run.fence}); another worker resumes it"
+                    )
                 )
                 logger.warning(
                     "job %s released unfinished; another worker resumes it from its last "

@@ -17,7 +17,7 @@ import pytest
 
 import stepstone
 from stepstone import App, JobState, StepstoneError
-from stepstone.schedule import keep_schedule
+from stepstone._enqueue import keep_schedule
 from stepstone.testing import EPOCH, FakeClock
 
 
@@ -65,13 +65,13 @@ def cron_jobs(app: App, name: str = "report") -> dict[str, tuple[JobState, float
 def test_keep_schedule_enqueues_the_next_tick_in_advance(app: App, clock: FakeClock) -> None:
     """keep_schedule records the next tick and enqueues its job (key cron:<name>:<UTC>) once."""
     declare_report(app, [])
-    keep_schedule(app, app.jobs["report"], clock.now())
+    keep_schedule(app.runtime, app.jobs["report"], clock.now())
     tick = at("2023-11-14T22:15")
     assert app.store.schedule_list() == [("report", tick)]
     assert cron_jobs(app) == {tick_key("report", "2023-11-14T22:15"): (JobState.QUEUED, tick)}
     clock.advance(60)
-    keep_schedule(app, app.jobs["report"], clock.now())
-    keep_schedule(app, app.jobs["report"], clock.now())
+    keep_schedule(app.runtime, app.jobs["report"], clock.now())
+    keep_schedule(app.runtime, app.jobs["report"], clock.now())
     assert len(cron_jobs(app)) == 1
     assert app.store.schedule_list() == [("report", tick)]
 
@@ -118,7 +118,7 @@ def test_two_apps_on_one_database_enqueue_each_tick_once(
     for step in range(24):  # an hour, in steps of 150 s
         order = apps if step % 2 else apps[::-1]
         for app in order:
-            keep_schedule(app, app.jobs["report"], clock.now())
+            keep_schedule(app.runtime, app.jobs["report"], clock.now())
         order[0].run_worker(until_idle=True)
         clock.advance(150)
     every = runs[0] + runs[1]
@@ -143,7 +143,7 @@ def test_racing_workers_record_one_schedule_and_one_job(
     def keep(app: App) -> None:
         start.wait()
         try:
-            keep_schedule(app, app.jobs["report"], clock.now())
+            keep_schedule(app.runtime, app.jobs["report"], clock.now())
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -222,7 +222,7 @@ def test_a_time_zone_moves_the_ticks(app: App, clock: FakeClock) -> None:
         ("berlin_nine", ZoneInfo("Europe/Berlin")),
     ]:
         app.job(name=name, cron="0 9 * * *", timezone=timezone)(lambda: None)
-        keep_schedule(app, app.jobs[name], clock.now())
+        keep_schedule(app.runtime, app.jobs[name], clock.now())
     assert dict(app.store.schedule_list()) == {
         "berlin_nine": at("2023-11-15T08:00"),
         "ny_nine": at("2023-11-15T14:00"),

@@ -165,7 +165,7 @@ def stop_worker_thread(app: App, thread: threading.Thread) -> None:
     """Stop an in-process worker that is still running (a failed test): stop it, close its
     store so that calls stuck retrying give up, and wait for it."""
     if thread.is_alive():
-        for worker in list(app._workers):
+        for worker in list(app.runtime.workers):
             worker.stop(now=True)
         app.close()
     thread.join(15)

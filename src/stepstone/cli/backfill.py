@@ -265,9 +265,17 @@ def _source(name: str) -> Iterator[tuple[Path, str]]:
 
 def _app_for(job: JobDefinition[Any, Any], db: str | None) -> App:
     """The job's own App, or with ``--db`` an App over that database that knows the job."""
-    if not db:
-        return job.app
     from ..app import App
+
+    if not db:
+        module = sys.modules.get(job.fn.__module__)
+        for value in vars(module).values() if module is not None else ():
+            if isinstance(value, App) and value.jobs.get(job.name) is job:
+                return value
+        raise UsageError(
+            f"job {job.name} is declared on an App that its module "
+            f"{job.fn.__module__} does not name at top level; pass --db URL"
+        )
 
     app = App(db)
     app.jobs[job.name] = job

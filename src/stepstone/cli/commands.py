@@ -142,12 +142,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from ..handle import JobHandle
     from ..serialization import dumps
 
     app = open_app(args)
     record = find_job(app, args.job)
-    handle = JobHandle(app, record.id, record.key)
+    handle = app.get_job(record.id)
     now = time.time()
     out = console()
     facts = Table.grid(padding=(0, 2))

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import KeyConflict, StepstoneError
+from ..errors import StepstoneError
 from .exits import EXIT_OK, UsageError
 from .loading import load_app, open_app
 from .render import relative_time, say
@@ -94,29 +94,18 @@ def _insert_by_name(
     app: App, args: argparse.Namespace, named: dict[str, Any]
 ) -> tuple[JobRecord, bool]:
     """Write a job row without its code: arguments by parameter name, as given."""
-    from ..app import new_job_id
-    from ..job import DEFAULT_QUEUE
-    from ..serialization import dumps
-    from ..store.base import NewJob
+    from .._enqueue import insert_by_name
 
-    now = time.time()
-    new = NewJob(
-        id=new_job_id(),
-        name=args.name,
-        queue=args.queue or DEFAULT_QUEUE,
+    inserted = insert_by_name(
+        app.runtime,
+        args.name,
+        named,
         key=args.key,
-        args=dumps(named),
-        priority=args.priority or 0,
-        run_at=now + (args.delay or 0.0),
+        queue=args.queue,
+        priority=args.priority,
+        delay=args.delay,
     )
-    inserted = app.store.job_insert(new, now=now)
-    existing = inserted.job
-    if not inserted.created and (existing.name != new.name or existing.args != new.args):
-        raise KeyConflict(
-            f"key {args.key!r} is taken by job {existing.id} ({existing.name}) with arguments "
-            f"{existing.args}; this call passed {new.name} with arguments {new.args}"
-        )
-    return existing, inserted.created
+    return inserted.job, inserted.created
 
 
 __all__ = ["cmd_enqueue"]
