@@ -9,8 +9,8 @@ crash before the write means the job is rescued and replayed, as for any run tha
 before its outcome. ``app.run`` keeps the waiting form.
 
 There is no background thread and no added wait for the waiting form. The first run to
-finish while no write is in flight becomes the writer: it writes what is queued (its own
-outcome first) and keeps writing until the queue is empty; runs that finish meanwhile
+finish while no write is in flight becomes the writer: it writes its own outcome, then
+what was queued meanwhile, until the queue is empty; runs that finish meanwhile
 queue theirs and wait for the write that includes it. One run alone writes its outcome
 with one fenced transition; sixteen runs finishing together share one round trip
 (PostgreSQL) or one fsync (SQLite). Each run still returns only once its outcome is
@@ -113,13 +113,22 @@ class GroupCommit:
     def write(self, outcome: Outcome) -> None:
         """Record how a run ended, durably; raises ``LeaseLost`` or ``JobCancelled`` when
         the transition is refused, or the ``StoreError`` that failed the write."""
-        pending = _Pending(outcome)
         with self._lock:
-            self._queue.append(pending)
-            lead = not self._writing
-            self._writing = True
-        if lead:
-            self._write_all()
+            pending = _Pending(outcome) if self._writing else None
+            if pending is not None:
+                self._queue.append(pending)
+            else:
+                self._writing = True
+        if pending is None:
+            # The writer: its own outcome alone first, then whatever queued meanwhile.
+            try:
+                refused = self._write([outcome])
+            finally:
+                self._write_all()
+            error = refused.get(outcome.job_id)
+            if error is not None:
+                raise error
+            return
         pending.done.wait()
         if pending.error is not None:
             raise pending.error

@@ -26,7 +26,7 @@ from ._maintenance import rescue_expired
 from ._runtime import Runtime, RuntimeOwner, runtime_of
 from .errors import JobCancelled, LeaseLost, StoreError
 from .runner import execute_async, execute_sync
-from .types import ClaimedJob, IdleStatus, Outcome
+from .types import ClaimedJob, IdleStatus, JobState, Outcome
 
 #: How often an idle worker asks the store whether anything changed.
 _CHANGE_CHECK_SECONDS = 0.005
@@ -423,7 +423,7 @@ class Worker:
             record = found.get(job.id)
             if (
                 record is not None
-                and record.state == "running"
+                and record.state == JobState.RUNNING
                 and record.fence == job.fence
                 and record.lease_owner == self.owner
                 and (record.lease_expires_at or 0) > now
