@@ -15,7 +15,7 @@ import logging
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._frames import JobLogger, logger
 from .errors import (
@@ -160,8 +160,7 @@ class JobRun:
         """The one writer of this run's interruption: the run stops at its next step
         boundary. ``logged``: already reported (no second log line). ``cancel``: an async
         job's task is cancelled now too (the job was cancelled)."""
-        assert isinstance(error, LeaseLost | JobCancelled | StoreError)
-        self.interrupt = error
+        self.interrupt = cast(Interruption, error)
         if logged:
             self.interrupt_logged = True
         task, loop = self.task, self.loop

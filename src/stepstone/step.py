@@ -49,7 +49,7 @@ _POLL = 3
 _RELEASE = 4
 
 Effect = tuple[Any, ...]
-Protocol = Generator[Effect, Any, Any]
+Attempts = Generator[Effect, Any, Any]
 
 
 class _Interrupted(Exception):
@@ -140,7 +140,7 @@ class StepDefinition(Generic[P, R]):
             ) from exc
 
     # the step attempt protocol, written once -------------------------------------------
-    def _attempts(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> Protocol:
+    def _attempts(self, run: JobRun, seq: int, ident: str, args: Any, kwargs: Any) -> Attempts:
         """One step call inside a run, as a generator of effects that a sync or an async
         driver performs: replay the checkpoint, or take the memo key (or wait for the run
         that computes it), take the rate limit, run the body, and checkpoint its value; a
@@ -215,12 +215,14 @@ class StepDefinition(Generic[P, R]):
                         extra={"action": "step.succeeded", "step": ident},
                     )
                 return value
+        except GeneratorExit:
+            raise  # dropped unfinished (its coroutine was never resumed): nothing to give up
         except BaseException:
             if memo is not None:
                 yield (_RELEASE, memo)
             raise
 
-    def _take_rate(self, run: JobRun, args: Any, kwargs: Any) -> Protocol:
+    def _take_rate(self, run: JobRun, args: Any, kwargs: Any) -> Attempts:
         """Wait (outside any transaction) until the step's rate limit lets a call through."""
         assert self.rate is not None
         assert self.rate_key is not None
@@ -261,7 +263,7 @@ class StepDefinition(Generic[P, R]):
 
 
 def _drive_sync(
-    step: StepDefinition[Any, Any], run: JobRun, attempts: Protocol, args: Any, kwargs: Any
+    step: StepDefinition[Any, Any], run: JobRun, attempts: Attempts, args: Any, kwargs: Any
 ) -> Any:
     """Perform the protocol's effects in this thread."""
     send = attempts.send
@@ -291,7 +293,7 @@ def _drive_sync(
 
 
 async def _drive_async(
-    step: StepDefinition[Any, Any], run: JobRun, attempts: Protocol, args: Any, kwargs: Any
+    step: StepDefinition[Any, Any], run: JobRun, attempts: Attempts, args: Any, kwargs: Any
 ) -> Any:
     """Perform the protocol's effects on the running event loop (store calls through the
     runtime, which moves them off the loop when the store blocks)."""
