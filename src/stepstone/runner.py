@@ -29,7 +29,7 @@ from .errors import (
     Suspend,
 )
 from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
-from .types import Checkpoint, ClaimedJob, MemoClaim, Outcome
+from .types import Checkpoint, ClaimedJob, Outcome
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -44,32 +44,6 @@ Interruption = LeaseLost | JobCancelled | StoreError
 
 #: The job run this code executes in, if any.
 current_run: ContextVar[JobRun | None] = ContextVar("stepstone_run", default=None)
-
-
-class StepWatchdog:
-    """A timer that abandons a sync step's attempt if it has not returned in time."""
-
-    def __init__(self, run: JobRun, timeout: float, seq: int, ident: str, attempt: int) -> None:
-        self._lock = threading.Lock()
-        self._state = "running"
-        self._timer = threading.Timer(timeout, self._fire, args=(run, timeout, seq, ident, attempt))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self, run: JobRun, timeout: float, seq: int, ident: str, attempt: int) -> None:
-        with self._lock:
-            if self._state != "running":
-                return
-            self._state = "fired"
-        run.abandon_step(timeout, seq, ident, attempt)
-
-    def done(self) -> bool:
-        """The step returned (or raised): stop the timer. True if it had already fired."""
-        with self._lock:
-            if self._state == "running":
-                self._state = "done"
-                self._timer.cancel()
-            return self._state == "fired"
 
 
 class Released(BaseException):
@@ -239,91 +213,6 @@ class JobRun:
             raise
         self.executed += 1
 
-    # memo keys --------------------------------------------------------------------------
-    def memo_acquire(self, step_name: str, seq: int, ident: str, key: str) -> MemoClaim:
-        """Look a memo key up for a step call: a hit is checkpointed into this run's history
-        (with no attempt of its own); ``acquired`` means this run computes the key."""
-        try:
-            claim = self.store.memo_acquire(
-                key, self.job_id, self.fence, step=step_name, now=self.clock.now()
-            )
-        except StoreError as exc:
-            self.interrupt_with(exc)
-            raise
-        if claim.outcome == "hit":
-            assert claim.value is not None
-            self.checkpoint(seq, ident, "ok", claim.value, 0, memo=key)
-            self.executed -= 1
-            self.replayed += 1
-            self.logger.info(
-                "step %s took its value from memo key %r",
-                ident,
-                key,
-                extra={"action": "step.memo_hit", "step": ident, "memo": key},
-            )
-        elif claim.outcome == "acquired" and claim.other_job is not None:
-            self.logger.warning(
-                "step %s takes memo key %r over from job %s, whose run stopped computing it",
-                ident,
-                key,
-                claim.other_job,
-                extra={"action": "step.memo_takeover", "step": ident, "memo": key},
-            )
-        elif claim.outcome == "busy" and logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(
-                "step %s waits for memo key %r, which job %s computes",
-                ident,
-                key,
-                claim.other_job,
-                extra={"action": "step.memo_wait", "step": ident, "memo": key},
-            )
-        return claim
-
-    def memo_complete(
-        self,
-        key: str,
-        seq: int,
-        ident: str,
-        text: str,
-        attempts: int,
-        *,
-        step_name: str,
-        ttl: float | None,
-    ) -> str:
-        """Store a computed value under its memo key and as this run's checkpoint, together;
-        returns the value stored (another run's, if it stored the key first)."""
-        now = self.clock.now()
-        try:
-            stored = self.store.memo_complete(
-                key,
-                self.job_id,
-                self.fence,
-                seq=seq,
-                name=ident,
-                step=step_name,
-                value=text,
-                attempts=attempts,
-                expires_at=now + ttl if ttl is not None else None,
-                now=now,
-            )
-        except (LeaseLost, JobCancelled, StoreError) as exc:
-            self.interrupt_with(exc)
-            raise
-        self.executed += 1
-        return stored
-
-    def memo_release(self, key: str) -> None:
-        """Give up this run's claim on a memo key (its step failed or the run stops)."""
-        try:
-            self.store.memo_release(key, self.job_id, self.fence)
-        except StoreError:
-            self.logger.warning(
-                "could not release memo key %r; runs waiting for it take it over once this "
-                "job's lease expires",
-                key,
-                extra={"action": "store.error", "memo": key},
-            )
-
     # rate limits and step timeouts -------------------------------------------------------
     def rate_acquire(self, key: str, rate: Rate) -> float:
         """Seconds to wait before the rate limit lets a call through (0: go now)."""
@@ -334,10 +223,6 @@ class JobRun:
         except StoreError as exc:
             self.interrupt_with(exc)
             raise
-
-    def watch_step(self, timeout: float, seq: int, ident: str, attempt: int) -> StepWatchdog:
-        """Start the timer that abandons a sync step's attempt when it runs too long."""
-        return StepWatchdog(self, timeout, seq, ident, attempt)
 
     def abandoned(self) -> LeaseLost:
         return LeaseLost(
@@ -453,7 +338,7 @@ class JobRun:
         if self.parking is not None and not isinstance(error, Exception | Released):
             error = self.parking  # parks even if the job swallowed its Suspend
         elif isinstance(error, BaseExceptionGroup):
-            error = _suspend_in(error) or error
+            error = suspend_in(error) or error
         if isinstance(error, Suspend):
             until = error.until
             if self.deadline is not None:
@@ -623,7 +508,7 @@ class _Ending:
     delay: float = 0.0
 
 
-def _suspend_in(group: BaseExceptionGroup[BaseException]) -> Suspend | None:
+def suspend_in(group: BaseExceptionGroup[BaseException]) -> Suspend | None:
     """The earliest park in an exception group (``asyncio.TaskGroup`` wraps what its tasks
     raise); the other waits are met again when the job replays."""
     matched, _rest = group.split(Suspend)
@@ -640,121 +525,4 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-def _prepare(
-    runtime: Runtime, claimed: ClaimedJob
-) -> tuple[JobRun, tuple[Any, ...], dict[str, Any]] | None:
-    """The run of a claimed job and its decoded arguments; None when they cannot be
-    decoded (the run is then failed)."""
-    definition = runtime.jobs[claimed.name]
-    # Fence 1 is a job's first claim ever: no run can have written a checkpoint yet.
-    history = [] if claimed.fence == 1 else runtime.store.checkpoint_list(claimed.id)
-    run = JobRun(runtime, claimed, definition, history)
-    try:
-        args, kwargs = definition.codec.decode(claimed.args)
-    except SerializationError as exc:
-        error = SerializationError(
-            f"the stored arguments of job {claimed.id} ({claimed.name}) cannot be decoded: {exc}; "
-            "the row was written by other code or edited by hand"
-        )
-        run.finish(error=error)
-        return None
-    return run, args, kwargs
-
-
-def classify_end(run: JobRun, exc: BaseException) -> tuple[BaseException | None, bool]:
-    """What a job function's exception means for its run: the error ``finish`` records,
-    and whether the exception goes on up (the process or the task is being stopped).
-
-    Exceptions, a park and a shutdown release are the job's own ends. A group holding a
-    park (``asyncio.TaskGroup``) parks. The cancellation of a job that was cancelled
-    reports the cancellation. Anything else (``KeyboardInterrupt``, a task cancelled
-    for shutdown) gives the job back and propagates.
-    """
-    if isinstance(exc, Exception | Released | Suspend):
-        return exc, False
-    if isinstance(exc, BaseExceptionGroup):
-        suspend = _suspend_in(exc)
-        if suspend is not None:
-            return suspend, False
-    elif isinstance(exc, asyncio.CancelledError) and isinstance(run.interrupt, JobCancelled):
-        return exc, False  # finish reports the cancellation
-    return Released(), True
-
-
-def execute_sync(runtime: Runtime, claimed: ClaimedJob, *, defer: bool = False) -> JobRun | None:
-    """Run one attempt of a sync job in this thread."""
-    prepared = _prepare(runtime, claimed)
-    if prepared is None:
-        return None
-    run, args, kwargs = prepared
-    run.defer_completion = defer
-    runtime.lease_keeper.add(run)
-    token = current_run.set(run)
-    try:
-        run.check()
-        value = run.definition.fn(*args, **kwargs)
-    except BaseException as exc:
-        current_run.reset(token)
-        error, propagate = classify_end(run, exc)
-        run.finish(None, error)
-        if propagate:
-            raise
-    else:
-        current_run.reset(token)
-        run.finish(value)
-    finally:
-        if not run.outcome_pending:
-            runtime.lease_keeper.discard(run)
-    return run
-
-
-async def execute_async(
-    runtime: Runtime, claimed: ClaimedJob, *, defer: bool = False
-) -> JobRun | None:
-    """Run one attempt of an ``async def`` job on the running event loop."""
-    prepared = await runtime.call_store(_prepare, runtime, claimed)
-    if prepared is None:
-        return None
-    run, args, kwargs = prepared
-    run.defer_completion = defer
-    run.task = asyncio.current_task()
-    run.loop = asyncio.get_running_loop()
-    runtime.lease_keeper.add(run)
-    token = current_run.set(run)
-    try:
-        run.check()
-        coroutine = run.definition.fn(*args, **kwargs)
-        if run.deadline is None:
-            value = await coroutine
-        else:
-            remaining = max(run.deadline - run.clock.now(), 0.0)
-            try:
-                value = await asyncio.wait_for(coroutine, remaining)
-            except TimeoutError as exc:
-                if run.clock.now() < run.deadline:
-                    raise  # the job's own TimeoutError
-                raise run.timed_out() from exc
-    except BaseException as exc:
-        current_run.reset(token)
-        error, propagate = classify_end(run, exc)
-        if propagate:
-            await asyncio.shield(runtime.call_store(run.finish, None, error))
-            raise
-        await runtime.call_store(run.finish, None, error)
-    else:
-        current_run.reset(token)
-        await runtime.call_store(run.finish, value)
-    finally:
-        if not run.outcome_pending:
-            runtime.lease_keeper.discard(run)
-    return run
-
-
-__all__ = [
-    "JobRun",
-    "Released",
-    "classify_end",
-    "current_run",
-    "execute_async",
-    "execute_sync",
-]
+__all__ = ["Interruption", "JobRun", "Released", "current_run", "suspend_in"]

@@ -13,11 +13,13 @@ import asyncio
 import functools
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from ._frames import StepFrame, current_step, logger
+from ._memo import memo_acquire, memo_complete, memo_release
 from .errors import SerializationError, StepstoneError, StoreError
 from .keys import KeyTemplate
 from .limits import Rate, rate_key
@@ -50,6 +52,32 @@ _RELEASE = 4
 
 Effect = tuple[Any, ...]
 Attempts = Generator[Effect, Any, Any]
+
+
+class StepWatchdog:
+    """A timer that abandons a sync step's attempt if it has not returned in time."""
+
+    def __init__(self, run: JobRun, timeout: float, frame: StepFrame) -> None:
+        self._lock = threading.Lock()
+        self._state = "running"
+        self._timer = threading.Timer(timeout, self._fire, args=(run, timeout, frame))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self, run: JobRun, timeout: float, frame: StepFrame) -> None:
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "fired"
+        run.abandon_step(timeout, frame.seq, frame.ident, frame.attempt)
+
+    def done(self) -> bool:
+        """The step returned (or raised): stop the timer. True if it had already fired."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "done"
+                self._timer.cancel()
+            return self._state == "fired"
 
 
 class _Interrupted(Exception):
@@ -154,7 +182,7 @@ class StepDefinition(Generic[P, R]):
             memo = self.memo.render(args, kwargs)
             delay = 0.005
             while True:
-                claim = yield (_STORE, run.memo_acquire, (self.name, seq, ident, memo))
+                claim = yield (_STORE, memo_acquire, (run, self.name, seq, ident, memo))
                 if claim.outcome == "hit":
                     return self._decode_memo(run, memo, claim.value)
                 if claim.outcome == "acquired":
@@ -200,10 +228,7 @@ class StepDefinition(Generic[P, R]):
                 elif memo is None:
                     yield (_STORE, run.checkpoint, (seq, ident, "ok", text, attempt))
                 else:
-                    complete = functools.partial(
-                        run.memo_complete, step_name=self.name, ttl=self.ttl
-                    )
-                    kept = yield (_STORE, complete, (memo, seq, ident, text, attempt))
+                    kept = yield (_STORE, memo_complete, (run, frame, text, self.ttl))
                     if kept != text:  # another run stored the key first: its value wins
                         value = self._decode_memo(run, memo, kept)
                 if debug:
@@ -240,7 +265,7 @@ class StepDefinition(Generic[P, R]):
         if self.timeout is None:
             value = self.fn(*args, **kwargs)
             return value, run.encode_step_value(self.return_type, frame.ident, value)
-        watchdog = run.watch_step(self.timeout, frame.seq, frame.ident, frame.attempt)
+        watchdog = StepWatchdog(run, self.timeout, frame)
         try:
             value = self.fn(*args, **kwargs)
             watchdog.done()
@@ -283,7 +308,7 @@ def _drive_sync(
                     elif kind == _POLL:
                         time.sleep(effect[1])
                     else:
-                        run.memo_release(effect[1])
+                        memo_release(run, effect[1])
             except BaseException as exc:
                 effect = attempts.throw(exc)
                 continue
@@ -314,7 +339,7 @@ async def _drive_async(
                     elif kind == _POLL:
                         await asyncio.sleep(effect[1])
                     else:
-                        await asyncio.shield(call_store(run.memo_release, effect[1]))
+                        await asyncio.shield(call_store(memo_release, run, effect[1]))
             except BaseException as exc:
                 effect = attempts.throw(exc)
                 continue

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._enqueue import keep_schedule
+from ._execute import execute_async, execute_sync
 from ._frames import logger
 from ._maintenance import rescue_expired
 from ._runtime import Runtime, RuntimeOwner, runtime_of
 from .errors import JobCancelled, LeaseLost, StoreError
-from .runner import execute_async, execute_sync
 from .types import ClaimedJob, IdleStatus, JobState, Outcome
 
 #: How often an idle worker asks the store whether anything changed.

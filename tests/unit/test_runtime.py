@@ -12,10 +12,10 @@ import pytest
 
 from stepstone import KeyConflict, Limit, Retry, StepstoneError
 from stepstone._enqueue import build_job, enqueue, enqueue_many, insert
+from stepstone._execute import execute_async, execute_sync
 from stepstone._runtime import Runtime
 from stepstone.job import JobDefinition
 from stepstone.retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY
-from stepstone.runner import execute_async, execute_sync
 from stepstone.step import StepDefinition, TransactionStep
 from stepstone.store import open_store
 from stepstone.testing import FakeClock
