@@ -86,6 +86,13 @@ class Runtime:
         self.workers: set[Wakeable] = set()
         self._finished = threading.Condition()
 
+    def set_lease(self, seconds: float) -> None:
+        """Change how long a claim lasts without a heartbeat (for the runs started later)."""
+        if seconds <= 0:
+            raise ValueError("lease must be positive")
+        self.lease = seconds
+        self.lease_keeper.lease = seconds
+
     # the store --------------------------------------------------------------------------
     @property
     def store(self) -> Store:

@@ -87,13 +87,10 @@ class App:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
         self.url = url or os.environ.get("STEPSTONE_DATABASE_URL") or DEFAULT_URL
-        self.lease = _seconds(lease)
-        if self.lease <= 0:
+        lease_seconds = _seconds(lease)
+        if lease_seconds <= 0:
             raise ValueError("lease must be positive")
         self.durability = durability
-        self.clock: Clock = options.get("clock") or SystemClock()
-        self.poll_interval = float(options.get("poll_interval", 1.0))
-        self.shutdown_grace = float(options.get("shutdown_grace", 30.0))
         self._store_options: dict[str, Any] = {"durability": durability}
         for name in ("busy_timeout", "schema", "pool_size"):
             if name in options:
@@ -105,12 +102,41 @@ class App:
         self._runtime = Runtime(
             given if given is not None else self._open_store,
             jobs=self.jobs,
-            clock=self.clock,
-            lease=self.lease,
-            poll_interval=self.poll_interval,
-            shutdown_grace=self.shutdown_grace,
+            clock=options.get("clock") or SystemClock(),
+            lease=lease_seconds,
+            poll_interval=float(options.get("poll_interval", 1.0)),
+            shutdown_grace=float(options.get("shutdown_grace", 30.0)),
         )
         self.owner = self._runtime.owner
+
+    # settings, kept by the runtime -------------------------------------------------------
+    @property
+    def clock(self) -> Clock:
+        return self._runtime.clock
+
+    @property
+    def lease(self) -> float:
+        return self._runtime.lease
+
+    @lease.setter
+    def lease(self, seconds: float) -> None:
+        self._runtime.set_lease(seconds)
+
+    @property
+    def poll_interval(self) -> float:
+        return self._runtime.poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self._runtime.poll_interval = seconds
+
+    @property
+    def shutdown_grace(self) -> float:
+        return self._runtime.shutdown_grace
+
+    @shutdown_grace.setter
+    def shutdown_grace(self, seconds: float) -> None:
+        self._runtime.shutdown_grace = seconds
 
     def __repr__(self) -> str:
         return f"<stepstone.App {mask_password(self.url)} jobs={len(self.jobs)}>"
