@@ -130,6 +130,8 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if isinstance(queues, str):
             queues = [name.strip() for name in queues.split(",") if name.strip()]
+        #: What the worker was built from (an App, or a bare runtime).
+        self.app = app
         runtime = self.runtime = runtime_of(app)
         self.concurrency = concurrency
         self.queues = list(queues) if queues else None

@@ -257,3 +257,25 @@ def test_a_worker_runs_on_a_bare_runtime(runtime: Runtime) -> None:
     enqueue_many(runtime, definition, [(n,) for n in range(5)])
     Worker(runtime, concurrency=2, until_idle=True).run()
     assert sorted(seen) == [0, 1, 2, 3, 4]
+
+
+def test_no_engine_module_imports_the_app() -> None:
+    """The engine takes a Runtime: no module below the App imports app.py, not even for
+    type checking (the App is the registry and the public face, on top)."""
+    import ast
+
+    import stepstone
+
+    package = Path(stepstone.__file__).parent
+    above = {"__init__.py", "__main__.py", "app.py", "demo.py", "testing.py"}
+    importers = []
+    for path in sorted(package.glob("*.py")):
+        if path.name in above:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                names = {alias.name for alias in node.names}
+                if target in {".app", "stepstone.app"} or (target == "." and "app" in names):
+                    importers.append(path.name)
+    assert importers == []
