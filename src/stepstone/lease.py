@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -10,7 +11,7 @@ from ._frames import logger
 from .clock import Clock
 from .errors import JobCancelled, LeaseLost, StoreError
 from .store.base import Store
-from .types import JobState
+from .types import ClaimedJob, JobState
 
 
 class Leased(Protocol):
@@ -34,6 +35,27 @@ class Leased(Protocol):
     def interrupt_with(
         self, error: BaseException, *, logged: bool = False, cancel: bool = False
     ) -> None: ...
+
+
+class HeldLease:
+    """A job claimed ahead and not started yet: the lease keeper heartbeats it like a run."""
+
+    def __init__(self, job: ClaimedJob) -> None:
+        self.since = time.monotonic()
+        self.job_id = job.id
+        self.name = job.name
+        self.fence = job.fence
+        self.attempt = job.attempt
+        self.interrupt: BaseException | None = None
+        self.interrupt_logged = False
+        self.outcome_written = False
+        self.stopping = False
+
+    def interrupt_with(
+        self, error: BaseException, *, logged: bool = False, cancel: bool = False
+    ) -> None:
+        self.interrupt = error
+        self.interrupt_logged = self.interrupt_logged or logged
 
 
 class LeaseKeeper:
@@ -136,4 +158,4 @@ class LeaseKeeper:
         )
 
 
-__all__ = ["LeaseKeeper", "Leased"]
+__all__ = ["HeldLease", "LeaseKeeper", "Leased"]

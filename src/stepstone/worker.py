@@ -13,11 +13,9 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
-import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._enqueue import keep_schedule
@@ -25,7 +23,9 @@ from ._execute import execute_async, execute_sync
 from ._frames import logger
 from ._maintenance import rescue_expired
 from ._runtime import Runtime, RuntimeOwner, runtime_of
+from ._threads import DaemonThreads
 from .errors import JobCancelled, LeaseLost, StoreError
+from .lease import HeldLease
 from .types import ClaimedJob, IdleStatus, JobState, Outcome
 
 #: How often an idle worker asks the store whether anything changed.
@@ -43,62 +43,6 @@ PREFETCH_HOLD_SECONDS = 0.25
 
 if TYPE_CHECKING:
     from .job import JobDefinition
-
-
-class _DaemonThreads:
-    """A fixed pool of daemon threads (``ThreadPoolExecutor`` threads are joined at exit)."""
-
-    def __init__(self, size: int) -> None:
-        self._tasks: queue.SimpleQueue[
-            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"stepstone-job-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(
-        self, fn: Callable[[], Any], future: concurrent.futures.Future[Any]
-    ) -> concurrent.futures.Future[Any]:
-        self._tasks.put((fn, future))
-        return future
-
-    def _serve(self) -> None:
-        while (item := self._tasks.get()) is not None:
-            fn, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # reported through the future
-                future.set_exception(exc)
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
-
-
-class _HeldLease:
-    """A job claimed ahead and not started yet: the lease keeper heartbeats it like a run."""
-
-    def __init__(self, job: ClaimedJob) -> None:
-        self.since = time.monotonic()
-        self.job_id = job.id
-        self.name = job.name
-        self.fence = job.fence
-        self.attempt = job.attempt
-        self.interrupt: BaseException | None = None
-        self.interrupt_logged = False
-        self.outcome_written = False
-        self.stopping = False
-
-    def interrupt_with(
-        self, error: BaseException, *, logged: bool = False, cancel: bool = False
-    ) -> None:
-        self.interrupt = error
-        self.interrupt_logged = self.interrupt_logged or logged
 
 
 class Worker:
@@ -153,7 +97,7 @@ class Worker:
         #: At most how many jobs a claim may take beyond the free slots, while jobs are short.
         self.prefetch = 0 if prefetch is None else prefetch
         self._buffer: collections.deque[ClaimedJob] = collections.deque()
-        self._held: dict[str, _HeldLease] = {}
+        self._held: dict[str, HeldLease] = {}
         self._started_at: dict[tuple[str, int], float] = {}
         #: The average run time of this worker's recent jobs (None before the first).
         self._average_seconds: float | None = None
@@ -218,7 +162,7 @@ class Worker:
                     self._loop.remove_signal_handler(sig)
         if not opened:
             return
-        threads = _DaemonThreads(self.concurrency)
+        threads = DaemonThreads(self.concurrency)
         runtime.workers.add(self)
         names = sorted(runtime.jobs)
         if not names:
@@ -404,7 +348,7 @@ class Worker:
             return []
         self.claimed_total += len(claimed)
         for job in claimed[free:]:
-            lease = _HeldLease(job)
+            lease = HeldLease(job)
             self._held[job.id] = lease
             self._buffer.append(job)
             runtime.lease_keeper.add(lease)
@@ -512,7 +456,7 @@ class Worker:
             logger.exception("reading the queue failed", extra={"action": "worker.poll_failed"})
             return IdleStatus(due=True, running=1, next_run_at=None)
 
-    def _start(self, job: ClaimedJob, threads: _DaemonThreads) -> None:
+    def _start(self, job: ClaimedJob, threads: DaemonThreads) -> None:
         definition = self.runtime.jobs[job.name]
         logger.debug(
             "claimed job %s (%s), attempt %d, fence %d",
