@@ -16,7 +16,8 @@ import pytest
 
 from stepstone.errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
 from stepstone.store import Store
-from stepstone.store.base import POISON_RECLAIMS, JobRecord, JobState
+from stepstone._maintenance import POISON_RECLAIMS
+from stepstone.store.base import JobRecord, JobState
 
 from .support import LEASE, NAMES, T0, claim_due, claim_one, insert, new_job, running_job
 

@@ -15,32 +15,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from ..errors import JobNotFound, StepstoneError, StoreError
+from ..errors import StepstoneError, StoreError
 from . import rows
-from .base import (
-    JOB_EVENT_PREFIX,
-    POISON_RECLAIMS,
-    Checkpoint,
-    ClaimedJob,
-    Completion,
-    ErrorRecord,
-    IdleStatus,
-    InsertResult,
-    JobRecord,
-    MemoClaim,
-    MemoRecord,
-    NewJob,
-    Rescue,
-    StepTransaction,
-    Store,
-    poison_error,
-)
+from ._sql import SQLStore, T, Work
+from .base import ClaimedJob, InsertResult, MemoClaim, NewJob, StepTransaction
 from .queries import load_migrations, load_queries
 
 Q = load_queries("sqlite")
+_CHECKPOINT_INSERT = Q["checkpoint_insert"]
 _LOCKED_RETRY_SECONDS = 30.0
 #: How many due jobs beyond the claim's limit a claim looks at, to find some whose
 #: concurrency key is under its limit.
@@ -83,23 +68,16 @@ class _SQLiteStepTransaction(StepTransaction):
     def checkpoint(self, *, seq: int, name: str, value: str, attempts: int, now: float) -> None:
         if self.job_id is None or self.fence is None:
             return
-        params = rows.checkpoint_params(
-            self.job_id,
-            self.fence,
-            seq=seq,
-            name=name,
-            status="ok",
-            value=value,
-            attempts=attempts,
-            now=now,
-        )
+        params = (self.job_id, seq, name, "ok", value, attempts, self.fence, now, None)
         self.store._insert_checkpoint(self.connection, params)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLStore):
     """A store in one SQLite file (or in memory, for tests of one process)."""
 
     inline_calls = True
+    Q = Q
+    unique_violation = sqlite3.IntegrityError
 
     def __init__(
         self,
@@ -282,41 +260,24 @@ class SQLiteStore(Store):
                 applied.append(f"{migration.version:04d}_{migration.name}")
         return applied
 
-    # jobs -------------------------------------------------------------------------------
-    def job_insert(
-        self, job: NewJob, *, now: float, owner: str | None = None, lease_until: float = 0.0
-    ) -> InsertResult:
-        params = rows.insert_params(job, now=now, owner=owner, lease_until=lease_until)
-        with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_insert"], params).rowcount == 1:
-                return InsertResult(rows.inserted_record(params), created=True)
-            row = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
-        if row is None:  # pragma: no cover - the conflict was on the id, a uuid
-            raise StoreError(f"job id {job.id} is already taken")
-        return InsertResult(rows.job_record(row), created=False)
+    # the dialect ----------------------------------------------------------------------------
+    def _transact(self, work: Work[T], *, durable: bool = True) -> T:
+        with self._writing(durable=durable) as conn:
+            return work(conn, False)
 
-    def job_get(self, job_id: str) -> JobRecord | None:
-        found = self._read(Q["job_get"], {"id": job_id})
-        return rows.job_record(found[0]) if found else None
+    _session = _transact  # writers are serialised: a session is one write transaction
 
-    def job_get_by_key(self, key: str) -> JobRecord | None:
-        found = self._read(Q["job_get_by_key"], {"key": key})
-        return rows.job_record(found[0]) if found else None
+    def _query(self, name: str, params: dict[str, Any]) -> list[Any]:
+        return self._read(self.Q[name], params)
 
-    def job_get_many(self, *, ids: Sequence[str] = (), keys: Sequence[str] = ()) -> list[JobRecord]:
-        params = {"ids": json.dumps(list(ids)), "keys": json.dumps(list(keys))}
-        return [rows.job_record(row) for row in self._read(Q["job_get_many"], params)]
+    def _array(self, values: Sequence[Any]) -> Any:
+        return json.dumps(list(values))
 
-    def job_list(
-        self, *, states: Sequence[str] | None = None, name: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        params = {
-            "states": json.dumps(list(states)) if states is not None else None,
-            "name": name,
-            "limit": limit,
-        }
-        return [rows.job_record(row) for row in self._read(Q["job_list"], params)]
+    def _savepoint(self, conn: Any) -> AbstractContextManager[object]:
+        # A failed statement rolls back only itself; the transaction stays usable.
+        return nullcontext()
 
+    # claims -------------------------------------------------------------------------------
     def job_claim_due(
         self,
         *,
@@ -329,9 +290,8 @@ class SQLiteStore(Store):
         limited: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         params = {
+            **self._filters(names, queues),
             "owner": owner,
-            "names": json.dumps(list(names)),
-            "queues": json.dumps(list(queues)) if queues is not None else None,
             "limit": limit,
             "limited": json.dumps(list(limited)),
             # Without limited jobs every candidate is taken: no need to look past them.
@@ -342,148 +302,6 @@ class SQLiteStore(Store):
         with self._writing(durable=False) as conn:
             found = conn.execute(Q["job_claim_due"], params).fetchall()
         return rows.claimed_jobs(found)
-
-    def job_claim(
-        self, job_id: str, *, owner: str, now: float, lease_until: float
-    ) -> ClaimedJob | None:
-        params = {"id": job_id, "owner": owner, "now": now, "lease_until": lease_until}
-        with self._writing(durable=False) as conn:
-            found = conn.execute(Q["job_claim"], params).fetchall()
-        claimed = rows.claimed_jobs(found)
-        return claimed[0] if claimed else None
-
-    def job_idle_status(
-        self, *, names: Sequence[str], queues: Sequence[str] | None, now: float
-    ) -> IdleStatus:
-        params = {
-            "names": json.dumps(list(names)),
-            "queues": json.dumps(list(queues)) if queues is not None else None,
-            "now": now,
-        }
-        row = self._read(Q["job_idle_status"], params)[0]
-        return IdleStatus(
-            due=bool(row["due"]), running=int(row["running"]), next_run_at=row["next_run_at"]
-        )
-
-    def job_heartbeat(self, leases: Sequence[tuple[str, int]], *, lease_until: float) -> set[str]:
-        lost: set[str] = set()
-        if not leases:
-            return lost
-        with self._writing(durable=False) as conn:
-            for job_id, fence in leases:
-                params = {"id": job_id, "fence": fence, "lease_until": lease_until}
-                if conn.execute(Q["job_heartbeat"], params).rowcount != 1:
-                    lost.add(job_id)
-        return lost
-
-    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
-        expired = self._read(Q["job_expired_leases"], {"now": now, "limit": limit})
-        if not expired:
-            return Rescue(requeued=(), poisoned=())
-        requeued: list[str] = []
-        poisoned: list[str] = []
-        with self._writing(durable=True) as conn:
-            for row in expired:
-                # A reclaim counts toward poison only if the run it ends wrote nothing.
-                reclaims = 0 if row["progressed"] else row["reclaims"] + 1
-                params = {
-                    "id": row["id"],
-                    "fence": row["fence"],
-                    "now": now,
-                    "reclaims": reclaims,
-                }
-                if reclaims >= POISON_RECLAIMS:
-                    error = poison_error(row["id"], reclaims)
-                    if conn.execute(Q["job_fail_poison"], {**params, "error": error}).rowcount:
-                        conn.execute(
-                            Q["error_insert_unfenced"],
-                            {
-                                "job_id": row["id"],
-                                "attempt": row["attempts"],
-                                "fence": row["fence"],
-                                "error": error,
-                                "now": now,
-                            },
-                        )
-                        poisoned.append(row["id"])
-                elif conn.execute(Q["job_requeue_expired"], params).rowcount:
-                    requeued.append(row["id"])
-        return Rescue(requeued=requeued, poisoned=poisoned)
-
-    def _refuse(self, conn: sqlite3.Connection, job_id: str, fence: int) -> StepstoneError:
-        cursor = conn.cursor()
-        cursor.row_factory = sqlite3.Row  # the step connection returns plain tuples
-        try:
-            return rows.refusal(
-                job_id, fence, cursor.execute(Q["job_owner"], {"id": job_id}).fetchone()
-            )
-        finally:
-            cursor.close()
-
-    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
-        params = {"id": job_id, "fence": fence, "result": result, "now": now}
-        with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_complete"], params).rowcount != 1:
-                raise self._refuse(conn, job_id, fence)
-
-    def job_complete_many(
-        self, completions: Sequence[Completion], *, now: float
-    ) -> dict[str, StepstoneError]:
-        refused: dict[str, StepstoneError] = {}
-        with self._writing(durable=True) as conn:  # one fsync for the group
-            for done in completions:
-                params = {"id": done.job_id, "fence": done.fence, "result": done.result, "now": now}
-                if conn.execute(Q["job_complete"], params).rowcount != 1:
-                    refused[done.job_id] = self._refuse(conn, done.job_id, done.fence)
-        return refused
-
-    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
-        params = {"id": job_id, "fence": fence, "error": error, "now": now}
-        with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_fail"], params).rowcount != 1:
-                raise self._refuse(conn, job_id, fence)
-            conn.execute(
-                Q["error_insert_unfenced"],
-                {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now},
-            )
-
-    def job_retry_later(
-        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
-    ) -> None:
-        params = {"id": job_id, "fence": fence, "error": error, "run_at": run_at, "now": now}
-        with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_retry_later"], params).rowcount != 1:
-                raise self._refuse(conn, job_id, fence)
-            conn.execute(Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
-            conn.execute(
-                Q["error_insert_unfenced"],
-                {"job_id": job_id, "attempt": attempt, "fence": fence, "error": error, "now": now},
-            )
-
-    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
-        with self._writing(durable=True) as conn:
-            params = {"id": job_id, "fence": fence, "now": now}
-            return bool(conn.execute(Q["job_release"], params).rowcount)
-
-    def job_cancel(self, job_id: str, *, now: float) -> bool:
-        with self._writing(durable=True) as conn:
-            cancelled = {
-                row[0] for row in conn.execute(Q["job_cancel"], {"id": job_id, "now": now})
-            }
-            if job_id in cancelled:
-                return True
-            if conn.execute(Q["job_owner"], {"id": job_id}).fetchone() is None:
-                raise JobNotFound(f"no job with id {job_id!r}")
-            return False
-
-    def job_requeue(self, job_id: str, *, now: float) -> bool:
-        with self._writing(durable=True) as conn:
-            if conn.execute(Q["job_requeue"], {"id": job_id, "now": now}).rowcount:
-                conn.execute(Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
-                return True
-            if conn.execute(Q["job_owner"], {"id": job_id}).fetchone() is None:
-                raise JobNotFound(f"no job with id {job_id!r}")
-            return False
 
     def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
         with self._writing(durable=False) as conn:
@@ -499,91 +317,7 @@ class SQLiteStore(Store):
                 conn.execute(Q["job_delete"], {"id": job_id})
         return len(ids)
 
-    # parking, signals, schedules, rates ----------------------------------------------------
-    def job_park(
-        self,
-        job_id: str,
-        fence: int,
-        *,
-        until: float,
-        event: str | None,
-        signal_after: int = 0,
-        child: str | None = None,
-        now: float,
-    ) -> None:
-        with self._writing(durable=False) as conn:
-            ready = False
-            if child is not None:
-                ready = bool(conn.execute(Q["park_child_ready"], {"child": child}).fetchone()[0])
-            elif event is not None:
-                params = {"event": event, "after": signal_after, "id": job_id}
-                ready = bool(conn.execute(Q["park_signal_ready"], params).fetchone()[0])
-            params = {
-                "id": job_id,
-                "fence": fence,
-                "ready": ready,
-                "until": until,
-                "event": f"{JOB_EVENT_PREFIX}{child}" if child is not None else event,
-                "now": now,
-            }
-            if conn.execute(Q["job_park"], params).rowcount != 1:
-                raise self._refuse(conn, job_id, fence)
-
-    def signal_send(self, event: str, payload: str, *, now: float) -> int:
-        params = {"event": event, "payload": payload, "now": now}
-        with self._writing(durable=True) as conn:
-            conn.execute(Q["signal_insert"], params)
-            return int(conn.execute(Q["signal_wake"], params).rowcount)
-
-    def signal_next(self, event: str, *, after: int, since: float) -> tuple[int, str] | None:
-        found = self._read(Q["signal_next"], {"event": event, "after": after, "since": since})
-        return (int(found[0]["id"]), str(found[0]["payload"])) if found else None
-
-    def signal_prune(self, *, before: float) -> int:
-        with self._writing(durable=False) as conn:
-            return int(conn.execute(Q["signal_prune"], {"before": before}).rowcount)
-
-    def job_debounce(self, job: NewJob, *, now: float) -> InsertResult:
-        params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
-        with self._writing(durable=True) as conn:
-            row = conn.execute(Q["job_debounce"], params).fetchone()
-            if row is not None:
-                return InsertResult(rows.job_record(row), created=False)
-            conn.execute(Q["job_insert"], params)
-        return InsertResult(rows.inserted_record(params), created=True)
-
-    def schedule_next(self, name: str) -> float | None:
-        found = self._read(Q["schedule_next"], {"name": name})
-        return float(found[0]["next_tick"]) if found else None
-
-    def schedule_advance(
-        self, name: str, *, expected: float | None, tick: float, now: float
-    ) -> bool:
-        params = {"name": name, "expected": expected, "tick": tick, "now": now}
-        with self._writing(durable=True) as conn:
-            query = Q["schedule_insert"] if expected is None else Q["schedule_update"]
-            return conn.execute(query, params).rowcount == 1
-
-    def schedule_list(self) -> list[tuple[str, float]]:
-        return [
-            (row["name"], float(row["next_tick"])) for row in self._read(Q["schedule_list"], {})
-        ]
-
-    def rate_acquire(self, key: str, *, limit: int, per: float, now: float) -> float:
-        with self._writing(durable=False) as conn:
-            row = conn.execute(Q["rate_get"], {"key": key}).fetchone()
-            calls = json.loads(row["calls"]) if row else []
-            wait, kept = rows.rate_window(calls, limit=limit, per=per, now=now)
-            if kept is not None:
-                conn.execute(Q["rate_set"], {"key": key, "calls": json.dumps(kept)})
-        return wait
-
-    # checkpoints and errors -------------------------------------------------------------
-    def checkpoint_list(self, job_id: str) -> list[Checkpoint]:
-        return [
-            rows.checkpoint(row) for row in self._read(Q["checkpoint_list"], {"job_id": job_id})
-        ]
-
+    # checkpoints: the hot path --------------------------------------------------------------
     def checkpoint_insert(
         self,
         job_id: str,
@@ -597,33 +331,47 @@ class SQLiteStore(Store):
         now: float,
         memo: str | None = None,
     ) -> None:
-        params = rows.checkpoint_params(
-            job_id,
-            fence,
-            seq=seq,
-            name=name,
-            status=status,
-            value=value,
-            attempts=attempts,
-            now=now,
-            memo=memo,
-        )
-        with self._lock, self._translate():
-            self._insert_checkpoint(self._write, params)
-
-    def _insert_checkpoint(self, conn: sqlite3.Connection, params: dict[str, Any]) -> None:
-        job_id, fence, seq, name = params["job_id"], params["fence"], params["seq"], params["name"]
-        with self._translate():
+        # One fenced statement, committed on its own (synchronous=NORMAL): no transaction
+        # to open, no parameter dict, no layer between the call and ``execute``.
+        params = (job_id, seq, name, status, value, attempts, fence, now, memo)
+        with self._lock:
             try:
-                inserted = conn.execute(Q["checkpoint_insert"], params).rowcount
-            except sqlite3.IntegrityError as exc:
-                if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
-                    raise StoreError(
-                        f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}"
-                    ) from exc
-                raise rows.duplicate_checkpoint(job_id, fence, seq, name) from exc
+                inserted = self._write.execute(_CHECKPOINT_INSERT, params).rowcount
+            except sqlite3.Error as exc:
+                raise self._checkpoint_error(exc, params) from exc
             if inserted != 1:
-                raise self._refuse(conn, job_id, fence)
+                raise self._checkpoint_refusal(self._write, job_id, fence)
+
+    def _insert_checkpoint(self, conn: sqlite3.Connection, params: tuple[Any, ...]) -> None:
+        """Insert a checkpoint (positional ``checkpoint_insert`` parameters) on ``conn``,
+        inside whatever transaction it has open."""
+        try:
+            inserted = conn.execute(_CHECKPOINT_INSERT, params).rowcount
+        except sqlite3.Error as exc:
+            raise self._checkpoint_error(exc, params) from exc
+        if inserted != 1:
+            raise self._checkpoint_refusal(conn, params[0], params[6])
+
+    def _checkpoint_error(self, exc: sqlite3.Error, params: tuple[Any, ...]) -> StepstoneError:
+        job_id, seq, name, fence = params[0], params[1], params[2], params[6]
+        if not isinstance(exc, sqlite3.IntegrityError):
+            return self._store_error(exc)
+        if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+            return StoreError(f"checkpoint #{seq} ({name}) of job {job_id} was refused: {exc}")
+        return rows.duplicate_checkpoint(job_id, fence, seq, name)
+
+    def _checkpoint_refusal(
+        self, conn: sqlite3.Connection, job_id: str, fence: int
+    ) -> StepstoneError:
+        with self._translate():
+            cursor = conn.cursor()
+            cursor.row_factory = sqlite3.Row  # the step connection returns plain tuples
+            try:
+                return rows.refusal(
+                    job_id, fence, cursor.execute(Q["job_owner"], {"id": job_id}).fetchone()
+                )
+            finally:
+                cursor.close()
 
     @contextmanager
     def step_transaction(self, job_id: str | None, fence: int | None) -> Iterator[StepTransaction]:
@@ -675,21 +423,7 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
 
-    # bulk and caller-transaction enqueues -------------------------------------------------
-    def job_insert_many(self, jobs: Sequence[NewJob], *, now: float) -> list[InsertResult]:
-        results: list[InsertResult] = []
-        with self._writing(durable=True) as conn:
-            for job in jobs:
-                params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
-                if conn.execute(Q["job_insert"], params).rowcount == 1:
-                    results.append(InsertResult(rows.inserted_record(params), created=True))
-                    continue
-                row = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
-                if row is None:  # pragma: no cover - the conflict was on the id, a uuid
-                    raise StoreError(f"job id {job.id} is already taken")
-                results.append(InsertResult(rows.job_record(row), created=False))
-        return results
-
+    # enqueue inside the caller's transaction ------------------------------------------------
     def job_insert_on(self, connection: Any, job: NewJob, *, now: float) -> InsertResult:
         if not isinstance(connection, sqlite3.Connection):
             raise TypeError(
@@ -715,16 +449,11 @@ class SQLiteStore(Store):
         cursor.row_factory = sqlite3.Row
         with self._translate():
             try:
-                if cursor.execute(Q["job_insert"], params).rowcount == 1:
-                    return InsertResult(rows.inserted_record(params), created=True)
-                row = cursor.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
+                return self._insert(cursor, params, False)
             finally:
                 cursor.close()
-        if row is None:  # pragma: no cover - the conflict was on the id, a uuid
-            raise StoreError(f"job id {job.id} is already taken")
-        return InsertResult(rows.job_record(row), created=False)
 
-    # memo keys --------------------------------------------------------------------------
+    # memo keys ----------------------------------------------------------------------------
     def memo_acquire(
         self, key: str, job_id: str, fence: int, *, step: str, now: float
     ) -> MemoClaim:
@@ -767,61 +496,10 @@ class SQLiteStore(Store):
         with self._writing(durable=False) as conn:
             if conn.execute(Q["memo_store"], memo).rowcount != 1:
                 value = conn.execute(Q["memo_value"], {"key": key}).fetchone()["value"]
-            params = rows.checkpoint_params(
-                job_id,
-                fence,
-                seq=seq,
-                name=name,
-                status="ok",
-                value=value,
-                attempts=attempts,
-                now=now,
-                memo=key,
+            self._insert_checkpoint(
+                conn, (job_id, seq, name, "ok", value, attempts, fence, now, key)
             )
-            self._insert_checkpoint(conn, params)
         return value
-
-    def memo_release(self, key: str, job_id: str, fence: int) -> None:
-        with self._writing(durable=False) as conn:
-            conn.execute(Q["memo_release"], {"key": key, "job_id": job_id, "fence": fence})
-
-    def memo_get(self, key: str, *, now: float) -> MemoRecord | None:
-        found = self._read(Q["memo_get"], {"key": key, "now": now})
-        return rows.memo_record(found[0]) if found else None
-
-    def memo_list(self, prefix: str = "", *, limit: int = 100) -> list[MemoRecord]:
-        found = self._read(Q["memo_list"], {"prefix": prefix, "limit": limit})
-        return [rows.memo_record(row) for row in found]
-
-    def memo_forget(self, key: str, *, prefix: bool = False) -> int:
-        with self._writing(durable=True) as conn:
-            if prefix:
-                return int(conn.execute(Q["memo_forget_prefix"], {"prefix": key}).rowcount)
-            return int(conn.execute(Q["memo_forget"], {"key": key}).rowcount)
-
-    def memo_prune(self, *, now: float) -> int:
-        with self._writing(durable=False) as conn:
-            return int(conn.execute(Q["memo_prune"], {"now": now}).rowcount)
-
-    def error_insert(
-        self,
-        job_id: str,
-        fence: int,
-        *,
-        attempt: int,
-        seq: int | None,
-        step: str | None,
-        error: str,
-        now: float,
-    ) -> None:
-        params = rows.error_params(
-            job_id, fence, attempt=attempt, seq=seq, step=step, error=error, now=now
-        )
-        with self._lock, self._translate():
-            self._write.execute(Q["error_insert"], params)
-
-    def error_list(self, job_id: str) -> list[ErrorRecord]:
-        return [rows.error_record(row) for row in self._read(Q["error_list"], {"job_id": job_id})]
 
 
 def _statements(script: str) -> Iterator[str]:
