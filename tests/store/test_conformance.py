@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
+from stepstone._maintenance import POISON_RECLAIMS
 from stepstone.errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
 from stepstone.store import Store
-from stepstone._maintenance import POISON_RECLAIMS
 from stepstone.store.base import JobRecord, JobState
 
 from .support import LEASE, NAMES, T0, claim_due, claim_one, insert, new_job, running_job
