@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..errors import JobCancelled, LeaseLost, StepstoneError
+from ..errors import StepstoneError
 from ..types import (
     FINISHED_STATES,
     JOB_EVENT_PREFIX,
@@ -181,53 +181,6 @@ class Store(abc.ABC):
         refused = self.job_transition_many((outcome,), now=now)
         if refused:
             raise refused[outcome.job_id]
-
-    # Interim: the old outcome operations, over the transition, until the engine moves.
-    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
-        self.job_transition(Outcome.complete(job_id, fence, result), now=now)
-
-    def job_complete_many(
-        self, completions: Sequence[Completion], *, now: float
-    ) -> dict[str, StepstoneError]:
-        outcomes = [Outcome.complete(done.job_id, done.fence, done.result) for done in completions]
-        return self.job_transition_many(outcomes, now=now)
-
-    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
-        self.job_transition(Outcome.fail(job_id, fence, error=error, attempt=attempt), now=now)
-
-    def job_retry_later(
-        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
-    ) -> None:
-        outcome = Outcome.retry_later(job_id, fence, error=error, attempt=attempt, run_at=run_at)
-        self.job_transition(outcome, now=now)
-
-    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
-        try:
-            self.job_transition(Outcome.release(job_id, fence), now=now)
-        except (LeaseLost, JobCancelled):
-            return False
-        return True
-
-    def job_park(
-        self,
-        job_id: str,
-        fence: int,
-        *,
-        until: float,
-        event: str | None,
-        signal_after: int = 0,
-        child: str | None = None,
-        now: float,
-    ) -> None:
-        outcome = Outcome.park(
-            job_id, fence, until=until, event=event, signal_after=signal_after, child=child
-        )
-        self.job_transition(outcome, now=now)
-
-    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
-        from .._maintenance import rescue_expired
-
-        return rescue_expired(self, now=now, limit=limit)
 
     @abc.abstractmethod
     def job_cancel(self, job_id: str, *, now: float) -> bool:
