@@ -116,10 +116,10 @@ def state_of(store: Store, job_id: str) -> JobState:
     return record.state
 
 
-def parked(store: Store, *, until: float = T0 + 60, now: float = T0, **park: Any) -> ClaimedJob:
-    """A job that ran and parked itself with these ``job_park`` arguments."""
+def parked(store: Store, *, until: float = T0 + 60, now: float = T0, **waits: Any) -> ClaimedJob:
+    """A job that ran and parked itself with these ``Outcome.park`` arguments."""
     claimed = running_job(store, now=now)
-    park(store, claimed.id, claimed.fence, until=until, now=now, **{"event": None, **park})
+    park(store, claimed.id, claimed.fence, until=until, now=now, **{"event": None, **waits})
     return claimed
 
 
