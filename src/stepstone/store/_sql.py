@@ -422,13 +422,7 @@ class SQLStore(Store):
         return (int(found[0]["id"]), str(found[0]["payload"])) if found else None
 
     def signal_prune(self, *, before: float) -> int:
-        params = {"before": before}
-        return int(
-            self._session(
-                lambda conn, _r: conn.execute(self.Q["signal_prune"], params).rowcount,
-                durable=False,
-            )
-        )
+        return self._statement("signal_prune", {"before": before})
 
     def job_debounce(self, job: NewJob, *, now: float) -> InsertResult:
         params = rows.insert_params(job, now=now, owner=None, lease_until=0.0)
@@ -481,8 +475,7 @@ class SQLStore(Store):
         return [rows.checkpoint(row) for row in self._query("checkpoint_list", {"job_id": job_id})]
 
     def memo_release(self, key: str, job_id: str, fence: int) -> None:
-        params = {"key": key, "job_id": job_id, "fence": fence}
-        self._session(lambda conn, _r: conn.execute(self.Q["memo_release"], params), durable=False)
+        self._statement("memo_release", {"key": key, "job_id": job_id, "fence": fence})
 
     def memo_get(self, key: str, *, now: float) -> MemoRecord | None:
         found = self._query("memo_get", {"key": key, "now": now})
@@ -499,13 +492,7 @@ class SQLStore(Store):
         return int(self._session(lambda conn, _r: conn.execute(self.Q[name], params).rowcount))
 
     def memo_prune(self, *, now: float) -> int:
-        params = {"now": now}
-        return int(
-            self._session(
-                lambda conn, _r: conn.execute(self.Q["memo_prune"], params).rowcount,
-                durable=False,
-            )
-        )
+        return self._statement("memo_prune", {"now": now})
 
     def error_insert(
         self,
