@@ -10,6 +10,8 @@ translation of driver errors. The connection a piece of work gets is the driver'
 ``conn.execute(sql, params)`` returns a cursor with ``rowcount``, ``fetchone`` and
 ``fetchall`` over rows read by column name, on both drivers.
 
+The fenced writes of a run's end and of the rescuer live beside it, in ``_sql_writes``.
+
 A piece of work is ``work(conn, retried)``: ``retried`` tells a write that an earlier try
 may have committed before its connection broke (PostgreSQL), so it can recognise its own
 work instead of reporting it refused.
@@ -25,7 +27,6 @@ from typing import Any, ClassVar, TypeVar
 
 from ..errors import JobNotFound, StepstoneError, StoreError
 from ..types import (
-    JOB_EVENT_PREFIX,
     Checkpoint,
     ClaimedJob,
     ErrorRecord,
@@ -33,7 +34,6 @@ from ..types import (
     IdleStatus,
     InsertResult,
     JobRecord,
-    JobState,
     MemoRecord,
     NewJob,
     Outcome,
@@ -42,21 +42,12 @@ from ..types import (
     RescueDecision,
 )
 from . import rows
+from ._sql_writes import write_outcomes, write_rescues
 from .base import Store
 
 T = TypeVar("T")
 #: A piece of work on a connection: ``work(conn, retried)``.
 Work = Callable[[Any, bool], T]
-
-#: The state a job is left in by each outcome: a retried write that finds its job there,
-#: with its own fence, had committed before its connection broke.
-_WRITTEN_STATE: dict[OutcomeKind, tuple[str, ...]] = {
-    OutcomeKind.COMPLETE: (JobState.SUCCEEDED,),
-    OutcomeKind.FAIL: (JobState.FAILED,),
-    OutcomeKind.RETRY: (JobState.QUEUED,),
-    OutcomeKind.RELEASE: (JobState.QUEUED,),
-    OutcomeKind.PARK: (JobState.WAITING, JobState.QUEUED),
-}
 
 
 class SQLStore(Store):
@@ -257,79 +248,9 @@ class SQLStore(Store):
         only_successes = all(outcome.kind is OutcomeKind.COMPLETE for outcome in outcomes)
         run = self._session if only_successes else self._transact
         return run(
-            lambda conn, retried: self._transition(conn, outcomes, now, retried), durable=durable
+            lambda conn, retried: write_outcomes(self, conn, outcomes, now, retried),
+            durable=durable,
         )
-
-    def _transition(
-        self, conn: Any, outcomes: Sequence[Outcome], now: float, retried: bool
-    ) -> dict[str, StepstoneError]:
-        """Write every outcome whose fence owns its running job; the others' refusals."""
-        written: set[str] = set()
-        completes = [outcome for outcome in outcomes if outcome.kind is OutcomeKind.COMPLETE]
-        if completes:
-            params = {
-                "ids": self._array([outcome.job_id for outcome in completes]),
-                "fences": self._array([outcome.fence for outcome in completes]),
-                "results": self._array([outcome.result for outcome in completes]),
-                "now": now,
-            }
-            written.update(row["id"] for row in conn.execute(self.Q["job_complete_many"], params))
-        for outcome in outcomes:
-            if outcome.kind is not OutcomeKind.COMPLETE and self._transition_one(
-                conn, outcome, now
-            ):
-                written.add(outcome.job_id)
-        missed = [outcome for outcome in outcomes if outcome.job_id not in written]
-        if not missed:
-            return {}
-        ids = self._array([outcome.job_id for outcome in missed])
-        owners = {row["id"]: row for row in conn.execute(self.Q["job_owners"], {"ids": ids})}
-        refused: dict[str, StepstoneError] = {}
-        for outcome in missed:
-            row = owners.get(outcome.job_id)
-            if (
-                retried
-                and row is not None
-                and row["fence"] == outcome.fence
-                and row["state"] in _WRITTEN_STATE[outcome.kind]
-            ):
-                continue  # the earlier try committed before its connection broke
-            refused[outcome.job_id] = rows.refusal(outcome.job_id, outcome.fence, row)
-        return refused
-
-    def _transition_one(self, conn: Any, outcome: Outcome, now: float) -> bool:
-        """Write one outcome other than a success; whether its fence owned the job."""
-        job_id, fence, kind = outcome.job_id, outcome.fence, outcome.kind
-        params: dict[str, Any] = {"id": job_id, "fence": fence, "now": now}
-        if kind is OutcomeKind.RELEASE:
-            return bool(conn.execute(self.Q["job_release"], params).rowcount == 1)
-        if kind is OutcomeKind.PARK:
-            child = outcome.child
-            self._lock_park(conn, outcome)
-            params["until"] = outcome.run_at
-            params["event"] = f"{JOB_EVENT_PREFIX}{child}" if child is not None else outcome.event
-            params["signal_event"] = outcome.event if child is None else None
-            params["after"] = outcome.signal_after
-            params["child"] = child
-            return bool(conn.execute(self.Q["job_park"], params).rowcount == 1)
-        params["error"] = outcome.error
-        if kind is OutcomeKind.FAIL:
-            if conn.execute(self.Q["job_fail"], params).rowcount != 1:
-                return False
-        else:  # RETRY: a new attempt drops the run's first step error and what follows it
-            params["run_at"] = outcome.run_at
-            if conn.execute(self.Q["job_retry_later"], params).rowcount != 1:
-                return False
-            conn.execute(self.Q["checkpoint_drop_from_first_error"], {"job_id": job_id})
-        record = {
-            "job_id": job_id,
-            "attempt": outcome.attempt,
-            "fence": fence,
-            "error": outcome.error,
-            "now": now,
-        }
-        conn.execute(self.Q["error_insert_unfenced"], record)
-        return True
 
     # maintenance --------------------------------------------------------------------------
     def job_get_expired(self, *, now: float, limit: int = 100) -> list[ExpiredLease]:
@@ -349,34 +270,7 @@ class SQLStore(Store):
         if not decisions:
             return Rescue(requeued=(), poisoned=())
 
-        def rescue(conn: Any, _retried: bool) -> Rescue:
-            requeued: list[str] = []
-            poisoned: list[str] = []
-            for decision in decisions:
-                params = {
-                    "id": decision.job_id,
-                    "fence": decision.fence,
-                    "reclaims": decision.reclaims,
-                    "now": now,
-                }
-                if decision.poison_error is None:
-                    if conn.execute(self.Q["job_requeue_expired"], params).rowcount == 1:
-                        requeued.append(decision.job_id)
-                    continue
-                params["error"] = decision.poison_error
-                if conn.execute(self.Q["job_fail_poison"], params).rowcount == 1:
-                    record = {
-                        "job_id": decision.job_id,
-                        "attempt": decision.attempt,
-                        "fence": decision.fence,
-                        "error": decision.poison_error,
-                        "now": now,
-                    }
-                    conn.execute(self.Q["error_insert_unfenced"], record)
-                    poisoned.append(decision.job_id)
-            return Rescue(requeued=requeued, poisoned=poisoned)
-
-        return self._transact(rescue)
+        return self._transact(lambda conn, _retried: write_rescues(self, conn, decisions, now))
 
     # operators' writes --------------------------------------------------------------------
     def job_cancel(self, job_id: str, *, now: float) -> bool:
