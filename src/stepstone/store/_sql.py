@@ -80,19 +80,11 @@ class SQLStore(Store):
     def _savepoint(self, conn: Any) -> AbstractContextManager[object]:
         """A nested transaction: an error inside rolls back only what it wrote."""
 
-    def _insert_row(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters of ``job_insert`` for one row built by ``rows.insert_params``."""
-        return params
-
     def _insert_batch(self, conn: Any, batch: list[dict[str, Any]]) -> set[str]:
         """Insert these rows (each built by ``rows.insert_params``) through ``job_insert``;
         the ids inserted (a row whose key is taken is left out)."""
         query = self.Q["job_insert"]
-        return {
-            params["id"]
-            for params in batch
-            if conn.execute(query, self._insert_row(params)).rowcount == 1
-        }
+        return {params["id"] for params in batch if conn.execute(query, params).rowcount == 1}
 
     def _lock_claim(self, conn: Any, job_id: str) -> None:
         """Serialise a claim of this job with the claims of its concurrency key."""
@@ -132,7 +124,7 @@ class SQLStore(Store):
         while True:
             try:
                 with self._savepoint(conn):
-                    inserted = conn.execute(self.Q["job_insert"], self._insert_row(params)).rowcount
+                    inserted = conn.execute(self.Q["job_insert"], params).rowcount
             except self.unique_violation as exc:
                 row = conn.execute(self.Q["job_get"], {"id": job_id}).fetchone()
                 if retried and row is not None and row["args"] == params["args"]:

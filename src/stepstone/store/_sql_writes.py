@@ -31,7 +31,12 @@ def write_outcomes(
     """Write every outcome whose fence owns its running job; the others' refusals."""
     written: set[str] = set()
     completes = [outcome for outcome in outcomes if outcome.kind is OutcomeKind.COMPLETE]
-    if completes:
+    if len(completes) == 1:  # alone: the one-row statement, a primary-key update
+        done = completes[0]
+        params = {"id": done.job_id, "fence": done.fence, "result": done.result, "now": now}
+        if conn.execute(store.Q["job_complete"], params).rowcount == 1:
+            written.add(done.job_id)
+    elif completes:
         params = {
             "ids": store._array([outcome.job_id for outcome in completes]),
             "fences": store._array([outcome.fence for outcome in completes]),

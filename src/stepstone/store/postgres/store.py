@@ -151,15 +151,11 @@ class PostgresStore(Connected, SQLStore):
             return nullcontext()  # outside a transaction a failed statement spoils nothing
         return cast(AbstractContextManager[object], connection.transaction())
 
-    def _insert_row(self, params: dict[str, Any]) -> dict[str, Any]:
-        # ``job_insert`` takes a batch: each column as an array (here of one row).
-        return {name: [value] for name, value in params.items()}
-
     def _insert_batch(self, conn: Any, batch: list[dict[str, Any]]) -> set[str]:
         if not batch:
             return set()
         columns = {name: [params[name] for params in batch] for name in batch[0]}
-        return {row["id"] for row in conn.execute(self.Q["job_insert"], columns)}
+        return {row["id"] for row in conn.execute(self.Q["job_insert_many"], columns)}
 
     def _lock_claim(self, conn: Any, job_id: str) -> None:
         row = conn.execute(self.Q["job_limit_key"], {"id": job_id}).fetchone()

@@ -3,9 +3,24 @@
 -- Times travel as epoch seconds (float8) and are stored as timestamptz.
 
 -- name: job_insert
--- The one insert of job rows: single, bulk, on the caller's connection and debounce. Each
--- column travels as an array (one element for a single job) named as the parameter
--- ``rows.insert_params`` builds; returns the ids inserted (a taken key inserts nothing).
+-- One job row: single insert, on the caller's connection, debounce (job_insert_many takes
+-- the same columns as arrays).
+INSERT INTO {schema}.jobs
+    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
+     lease_owner, lease_expires_at, created_at, updated_at, started_at,
+     parent_id, concurrency_key, concurrency_limit, debounce_key)
+VALUES
+    (%(id)s, %(name)s, %(queue)s, %(key)s, %(args)s, %(state)s, %(priority)s,
+     to_timestamp(%(run_at)s), %(fence)s, %(attempts)s, %(owner)s,
+     to_timestamp(%(lease_until)s), to_timestamp(%(now)s), to_timestamp(%(now)s),
+     to_timestamp(%(started_at)s),
+     %(parent_id)s, %(concurrency_key)s, %(concurrency_limit)s, %(debounce_key)s)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: job_insert_many
+-- Bulk insert: the columns of job_insert, each travelling as an array named as the
+-- parameter ``rows.insert_params`` builds; returns the ids inserted (a taken key inserts
+-- nothing). tests/store/test_insert_paths.py checks that both carry every job field.
 INSERT INTO {schema}.jobs
     (id, name, queue, key, args, state, priority, run_at, fence, attempts,
      lease_owner, lease_expires_at, created_at, updated_at, started_at,
@@ -183,6 +198,12 @@ SET state = 'failed', error = %(error)s, reclaims = %(reclaims)s, lease_owner = 
     lease_expires_at = NULL, updated_at = to_timestamp(%(now)s), finished_at = to_timestamp(%(now)s)
 WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
   AND lease_expires_at < to_timestamp(%(now)s);
+
+-- name: job_complete
+UPDATE {schema}.jobs
+SET state = 'succeeded', result = %(result)s, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = to_timestamp(%(now)s), finished_at = to_timestamp(%(now)s)
+WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
 
 -- name: job_complete_many
 -- Group commit of successes: one statement for every job whose run finished meanwhile.

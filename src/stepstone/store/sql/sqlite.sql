@@ -128,6 +128,12 @@ SET state = 'failed', error = :error, reclaims = :reclaims, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = :now, finished_at = :now
 WHERE id = :id AND fence = :fence AND state = 'running' AND lease_expires_at < :now;
 
+-- name: job_complete
+UPDATE stepstone_jobs
+SET state = 'succeeded', result = :result, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now, finished_at = :now
+WHERE id = :id AND fence = :fence AND state = 'running';
+
 -- name: job_complete_many
 -- Group commit of successes: one statement for every job whose run finished meanwhile.
 UPDATE stepstone_jobs
