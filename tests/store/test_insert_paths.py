@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from stepstone.errors import StoreError
 from stepstone.store import Store
 from stepstone.store.base import JobRecord, NewJob
 
@@ -174,3 +175,12 @@ def test_a_limited_job_is_held_to_its_limit_whichever_path_enqueued_it(
         ]
     assert claimed == [jobs[0].id]
     assert store.job_claim(jobs[1].id, owner="c", now=T0 + 1, lease_until=T0 + 31) is None
+
+
+def test_a_job_id_already_taken_is_refused(store: Store) -> None:
+    """Inserting a second job under an id in use says so, and changes nothing."""
+    job = full_job()
+    assert store.job_insert(job, now=T0).created
+    with pytest.raises(StoreError, match="already taken"):
+        store.job_insert(dataclasses.replace(job, key=None, args="[]"), now=T0 + 1)
+    assert_carries_every_field(store.job_get(job.id), job)

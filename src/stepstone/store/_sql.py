@@ -50,6 +50,10 @@ T = TypeVar("T")
 Work = Callable[[Any, bool], T]
 
 
+class _DebounceTaken(StoreError):
+    """A job row refused because a queued job already holds its debounce key."""
+
+
 class SQLStore(Store):
     """A store over SQL: the operations, over the dialect hooks a backend defines."""
 
@@ -59,6 +63,10 @@ class SQLStore(Store):
     unique_violation: ClassVar[type[Exception]]
 
     # dialect ------------------------------------------------------------------------------
+    def _is_unique_violation(self, exc: Exception) -> bool:
+        """Whether ``exc`` (a ``unique_violation``) is about a unique constraint."""
+        return True
+
     @abc.abstractmethod
     def _session(self, work: Work[T], *, durable: bool = True) -> T:
         """Run ``work`` on a connection: each statement commits on its own (PostgreSQL), or
@@ -126,8 +134,12 @@ class SQLStore(Store):
                 with self._savepoint(conn):
                     inserted = conn.execute(self.Q["job_insert"], params).rowcount
             except self.unique_violation as exc:
+                if not self._is_unique_violation(exc):
+                    raise  # another constraint: the dialect translates it
                 row = conn.execute(self.Q["job_get"], {"id": job_id}).fetchone()
-                if retried and row is not None and row["args"] == params["args"]:
+                if row is None:  # not the id: a queued job holds the debounce key
+                    raise _DebounceTaken(f"job {job_id}: its debounce key is taken") from exc
+                if retried and row["args"] == params["args"]:
                     return InsertResult(rows.job_record(row), created=True)  # our earlier try
                 raise StoreError(f"job id {job_id} is already taken") from exc
             if inserted == 1:  # what was written is known: no need to read it back
@@ -320,10 +332,8 @@ class SQLStore(Store):
                 return InsertResult(rows.job_record(record), created=False)
             try:
                 return self._insert(conn, params, retried)
-            except StoreError as exc:
-                if isinstance(exc.__cause__, self.unique_violation):
-                    return None  # another enqueue inserted the key's job: replace that one
-                raise
+            except _DebounceTaken:
+                return None  # another enqueue inserted the key's job: replace that one
 
         while True:
             result = self._transact(debounce)

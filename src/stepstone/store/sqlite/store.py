@@ -91,6 +91,9 @@ class SQLiteStore(Connected, SQLStore):
     def _array(self, values: Sequence[Any]) -> Any:
         return json.dumps(list(values))
 
+    def _is_unique_violation(self, exc: Exception) -> bool:
+        return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)  # not NOT NULL, CHECK
+
     def _savepoint(self, conn: Any) -> AbstractContextManager[object]:
         # A failed statement rolls back only itself; the transaction stays usable.
         return nullcontext()
