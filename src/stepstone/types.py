@@ -82,6 +82,11 @@ class JobRecord:
     parent_id: str | None = None
     #: What a waiting job waits for (an event, or ``stepstone.job:<id>``).
     wait_event: str | None = None
+    #: At most ``concurrency_limit`` jobs with this key run at once.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    #: While queued, a later enqueue with this key replaces the job (cleared by a claim).
+    debounce_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,36 @@ class Rescue:
     poisoned: Sequence[str]
 
 
+@dataclass(frozen=True, slots=True)
+class ExpiredLease:
+    """A running job whose lease expired, as the rescuer reads it."""
+
+    job_id: str
+    #: The fencing token of the run that lost its lease.
+    fence: int
+    attempts: int
+    #: How many times in a row the job was reclaimed without a new checkpoint.
+    reclaims: int
+    #: Whether the run that lost its lease wrote a checkpoint.
+    progressed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RescueDecision:
+    """What the rescuer decided for one expired lease: requeue it as a replay, or (with a
+    ``poison_error``) fail it as a poison job. Written only while the lease of ``fence`` is
+    still expired and unrenewed."""
+
+    job_id: str
+    fence: int
+    #: The job's reclaim count once this decision is written.
+    reclaims: int
+    #: The attempt the poison error belongs to.
+    attempt: int
+    #: The error record of a job failed as poison; None to requeue it.
+    poison_error: str | None = None
+
+
 class OutcomeKind(enum.StrEnum):
     """How a run of a job ended, as written by ``Store.job_transition_many``."""
 
@@ -280,6 +315,7 @@ __all__ = [
     "ClaimedJob",
     "Completion",
     "ErrorRecord",
+    "ExpiredLease",
     "IdleStatus",
     "InsertResult",
     "JobRecord",
@@ -290,4 +326,5 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Rescue",
+    "RescueDecision",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from stepstone.store.base import ClaimedJob, NewJob, Store
+from stepstone._maintenance import rescue_expired
+from stepstone.errors import JobCancelled, LeaseLost
+from stepstone.store.base import ClaimedJob, NewJob, Outcome, Rescue, Store
 
 #: The origin of every test's clock. Offsets are binary fractions, exact in any backend.
 T0 = 1_700_000_000.0
@@ -70,3 +72,54 @@ def claim_one(store: Store, job_id: str, *, now: float = T0, owner: str = "worke
 def running_job(store: Store, *, now: float = T0, **fields: Any) -> ClaimedJob:
     """Insert a job and claim it: a job some worker is running, with fence 1."""
     return claim_one(store, insert(store, now=now, **fields), now=now)
+
+
+# --- outcomes, as the engine writes them (one fenced transition each) ----------------------
+def complete(store: Store, job_id: str, fence: int, *, result: str, now: float) -> None:
+    """Record a run's success; raises the refusal if ``fence`` no longer owns the job."""
+    store.job_transition(Outcome.complete(job_id, fence, result), now=now)
+
+
+def fail(store: Store, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
+    """Record a run's final failure; raises the refusal if refused."""
+    store.job_transition(Outcome.fail(job_id, fence, error=error, attempt=attempt), now=now)
+
+
+def retry_later(
+    store: Store, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
+) -> None:
+    """Queue a new attempt at ``run_at``; raises the refusal if refused."""
+    outcome = Outcome.retry_later(job_id, fence, error=error, attempt=attempt, run_at=run_at)
+    store.job_transition(outcome, now=now)
+
+
+def release(store: Store, job_id: str, fence: int, *, now: float) -> bool:
+    """Give the job back as a replay; False if ``fence`` did not own the running job."""
+    try:
+        store.job_transition(Outcome.release(job_id, fence), now=now)
+    except (LeaseLost, JobCancelled):
+        return False
+    return True
+
+
+def park(
+    store: Store,
+    job_id: str,
+    fence: int,
+    *,
+    until: float,
+    event: str | None,
+    signal_after: int = 0,
+    child: str | None = None,
+    now: float,
+) -> None:
+    """Park the running job; raises the refusal if refused."""
+    outcome = Outcome.park(
+        job_id, fence, until=until, event=event, signal_after=signal_after, child=child
+    )
+    store.job_transition(outcome, now=now)
+
+
+def rescue(store: Store, *, now: float, limit: int = 100) -> Rescue:
+    """One pass of the rescuer, as a worker runs it."""
+    return rescue_expired(store, now=now, limit=limit)

@@ -14,11 +14,26 @@ from collections.abc import Callable
 
 import pytest
 
+from stepstone._maintenance import POISON_RECLAIMS
 from stepstone.errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
 from stepstone.store import Store
-from stepstone.store.base import POISON_RECLAIMS, JobRecord, JobState
+from stepstone.store.base import JobRecord, JobState
 
-from .support import LEASE, NAMES, T0, claim_due, claim_one, insert, new_job, running_job
+from .support import (
+    LEASE,
+    NAMES,
+    T0,
+    claim_due,
+    claim_one,
+    complete,
+    fail,
+    insert,
+    new_job,
+    release,
+    rescue,
+    retry_later,
+    running_job,
+)
 
 # --- job_insert, job_get, job_get_by_key, job_list ------------------------------------------
 
@@ -89,7 +104,7 @@ def test_insert_with_an_owner_gives_a_running_job(store: Store) -> None:
     store.checkpoint_insert(
         job.id, 1, seq=0, name="find_customer", status="ok", value="1", attempts=1, now=T0
     )
-    store.job_complete(job.id, 1, result="null", now=T0 + 1)
+    complete(store, job.id, 1, result="null", now=T0 + 1)
 
 
 def test_insert_with_an_owner_and_a_taken_key_claims_nothing(store: Store) -> None:
@@ -153,7 +168,7 @@ def test_list_filters_by_state(store: Store) -> None:
     queued = insert(store, now=T0)
     running = running_job(store, now=T0 + 1).id
     done = running_job(store, now=T0 + 2)
-    store.job_complete(done.id, done.fence, result="1", now=T0 + 3)
+    complete(store, done.id, done.fence, result="1", now=T0 + 3)
     assert [r.id for r in store.job_list(states=["running"])] == [running]
     assert [r.id for r in store.job_list(states=["queued", "succeeded"])] == [done.id, queued]
     assert store.job_list(states=["failed"]) == []
@@ -312,15 +327,15 @@ def test_each_claim_bumps_the_fence(store: Store) -> None:
     for i in range(3):
         claimed = claim_one(store, job_id, now=T0 + i)
         fences.append(claimed.fence)
-        assert store.job_release(job_id, claimed.fence, now=T0 + i)
+        assert release(store, job_id, claimed.fence, now=T0 + i)
     assert fences == [1, 2, 3]
 
 
 def test_a_fresh_claim_after_a_retry_counts_an_attempt(store: Store) -> None:
     """A claim after ``job_retry_later`` is a new attempt."""
     claimed = running_job(store)
-    store.job_retry_later(
-        claimed.id, claimed.fence, error='"boom"', attempt=1, run_at=T0 + 10, now=T0 + 1
+    retry_later(
+        store, claimed.id, claimed.fence, error='"boom"', attempt=1, run_at=T0 + 10, now=T0 + 1
     )
     [again] = claim_due(store, now=T0 + 10)
     assert (again.fence, again.attempt) == (2, 2)
@@ -329,7 +344,7 @@ def test_a_fresh_claim_after_a_retry_counts_an_attempt(store: Store) -> None:
 def test_a_claim_after_release_is_a_replay(store: Store) -> None:
     """A claim after ``job_release`` keeps the attempt number."""
     claimed = running_job(store)
-    assert store.job_release(claimed.id, claimed.fence, now=T0 + 1)
+    assert release(store, claimed.id, claimed.fence, now=T0 + 1)
     [again] = claim_due(store, now=T0 + 1)
     assert (again.fence, again.attempt) == (2, 1)
     record = store.job_get(claimed.id)
@@ -340,7 +355,7 @@ def test_a_claim_after_release_is_a_replay(store: Store) -> None:
 def test_a_claim_after_rescue_is_a_replay(store: Store) -> None:
     """A claim after the rescuer requeued an expired lease keeps the attempt number."""
     claimed = running_job(store)
-    store.job_rescue_expired(now=T0 + LEASE + 1)
+    rescue(store, now=T0 + LEASE + 1)
     [again] = claim_due(store, now=T0 + LEASE + 1)
     assert (again.id, again.fence, again.attempt) == (claimed.id, 2, 1)
 
@@ -348,9 +363,9 @@ def test_a_claim_after_rescue_is_a_replay(store: Store) -> None:
 def test_a_replay_then_a_fresh_claim(store: Store) -> None:
     """Only the claim right after a release is a replay; the next retry counts again."""
     claimed = running_job(store)
-    store.job_release(claimed.id, claimed.fence, now=T0 + 1)
+    release(store, claimed.id, claimed.fence, now=T0 + 1)
     replay = claim_one(store, claimed.id, now=T0 + 2)
-    store.job_retry_later(claimed.id, replay.fence, error='"e"', attempt=1, run_at=T0, now=T0 + 3)
+    retry_later(store, claimed.id, replay.fence, error='"e"', attempt=1, run_at=T0, now=T0 + 3)
     fresh = claim_one(store, claimed.id, now=T0 + 4)
     assert [replay.attempt, fresh.attempt] == [1, 2]
     assert fresh.fence == 3
@@ -378,7 +393,7 @@ def test_claim_one_refuses_jobs_that_are_not_queued(store: Store) -> None:
     """``job_claim`` returns None for a running, finished or unknown job."""
     running = running_job(store)
     done = running_job(store)
-    store.job_complete(done.id, done.fence, result="1", now=T0)
+    complete(store, done.id, done.fence, result="1", now=T0)
     for job_id in (running.id, done.id, "no-such-job"):
         assert store.job_claim(job_id, owner="x", now=T0, lease_until=T0 + LEASE) is None
     record = store.job_get(running.id)
@@ -396,15 +411,15 @@ def _checkpoint(store: Store, job_id: str, fence: int, now: float) -> None:
 
 
 def _complete(store: Store, job_id: str, fence: int, now: float) -> None:
-    store.job_complete(job_id, fence, result='"done"', now=now)
+    complete(store, job_id, fence, result='"done"', now=now)
 
 
 def _fail(store: Store, job_id: str, fence: int, now: float) -> None:
-    store.job_fail(job_id, fence, error='"bad"', attempt=1, now=now)
+    fail(store, job_id, fence, error='"bad"', attempt=1, now=now)
 
 
 def _retry_later(store: Store, job_id: str, fence: int, now: float) -> None:
-    store.job_retry_later(job_id, fence, error='"bad"', attempt=1, run_at=now + 60, now=now)
+    retry_later(store, job_id, fence, error='"bad"', attempt=1, run_at=now + 60, now=now)
 
 
 FENCED_WRITES = [
@@ -420,7 +435,7 @@ def _reclaimed_twice(store: Store) -> tuple[str, int, int]:
     job_id = insert(store)
     for i in range(2):
         stale = claim_one(store, job_id, now=T0 + i)
-        store.job_release(job_id, stale.fence, now=T0 + i)
+        release(store, job_id, stale.fence, now=T0 + i)
     current = claim_one(store, job_id, now=T0 + 2, owner="worker-b")
     return job_id, stale.fence, current.fence
 
@@ -459,7 +474,7 @@ def test_a_write_after_the_lease_was_rescued_raises_lease_lost(
 ) -> None:
     """Once the rescuer requeued the job, its former owner's writes raise LeaseLost."""
     claimed = running_job(store)
-    assert list(store.job_rescue_expired(now=T0 + LEASE + 1).requeued) == [claimed.id]
+    assert list(rescue(store, now=T0 + LEASE + 1).requeued) == [claimed.id]
     with pytest.raises(LeaseLost):
         write(store, claimed.id, claimed.fence, T0 + LEASE + 2)
     record = store.job_get(claimed.id)
@@ -522,7 +537,7 @@ def test_a_new_owner_cannot_overwrite_a_checkpoint(store: Store) -> None:
     """After a reclaim, the stored checkpoints of the old owner cannot be written again."""
     first = running_job(store)
     _checkpoint(store, first.id, first.fence, T0)
-    store.job_release(first.id, first.fence, now=T0 + 1)
+    release(store, first.id, first.fence, now=T0 + 1)
     second = claim_one(store, first.id, now=T0 + 1)
     with pytest.raises(StepstoneError):
         store.checkpoint_insert(
@@ -562,7 +577,7 @@ def test_no_checkpoint_lands_after_the_job_was_taken_away(
         assert written.wait(timeout=30)
         # A row busy with a write at this very moment is skipped and taken on a later pass.
         for _ in range(100):
-            if list(rescuer.job_rescue_expired(now=T0 + 10 * LEASE).requeued) == [claimed.id]:
+            if list(rescue(rescuer, now=T0 + 10 * LEASE).requeued) == [claimed.id]:
                 break
         else:
             raise AssertionError(f"round {round_}: the expired job was never rescued")
@@ -579,7 +594,7 @@ def test_heartbeat_extends_the_lease(store: Store) -> None:
     record = store.job_get(claimed.id)
     assert record is not None
     assert record.lease_expires_at == T0 + 90
-    assert list(store.job_rescue_expired(now=T0 + 60).requeued) == []
+    assert list(rescue(store, now=T0 + 60).requeued) == []
 
 
 def test_heartbeat_reports_lost_leases(store: Store) -> None:
@@ -587,7 +602,7 @@ def test_heartbeat_reports_lost_leases(store: Store) -> None:
     live = running_job(store)
     job_id, stale, _ = _reclaimed_twice(store)
     released = running_job(store)
-    store.job_release(released.id, released.fence, now=T0)
+    release(store, released.id, released.fence, now=T0)
     cancelled = running_job(store)
     store.job_cancel(cancelled.id, now=T0)
     leases = [
@@ -620,9 +635,9 @@ def test_rescue_requeues_only_expired_leases(store: Store) -> None:
     expired = running_job(store, now=T0)
     live = running_job(store, now=T0 + 40)
     queued = insert(store)
-    rescue = store.job_rescue_expired(now=T0 + 50)
-    assert list(rescue.requeued) == [expired.id]
-    assert list(rescue.poisoned) == []
+    rescued = rescue(store, now=T0 + 50)
+    assert list(rescued.requeued) == [expired.id]
+    assert list(rescued.poisoned) == []
     record = store.job_get(expired.id)
     assert record is not None
     assert record.state == JobState.QUEUED
@@ -636,8 +651,8 @@ def test_rescue_requeues_only_expired_leases(store: Store) -> None:
 def test_rescue_respects_the_limit(store: Store) -> None:
     """One pass requeues at most ``limit`` jobs; the next pass takes the rest."""
     ids = {running_job(store).id for _ in range(3)}
-    first = store.job_rescue_expired(now=T0 + LEASE + 1, limit=2)
-    second = store.job_rescue_expired(now=T0 + LEASE + 1, limit=2)
+    first = rescue(store, now=T0 + LEASE + 1, limit=2)
+    second = rescue(store, now=T0 + LEASE + 1, limit=2)
     assert len(first.requeued) == 2
     assert set(first.requeued) | set(second.requeued) == ids
 
@@ -645,18 +660,18 @@ def test_rescue_respects_the_limit(store: Store) -> None:
 def test_rescue_leaves_finished_and_queued_jobs_alone(store: Store) -> None:
     """Only running jobs are rescued."""
     done = running_job(store)
-    store.job_complete(done.id, done.fence, result="1", now=T0)
+    complete(store, done.id, done.fence, result="1", now=T0)
     insert(store)
-    rescue = store.job_rescue_expired(now=T0 + 10 * LEASE)
-    assert (list(rescue.requeued), list(rescue.poisoned)) == ([], [])
+    rescued = rescue(store, now=T0 + 10 * LEASE)
+    assert (list(rescued.requeued), list(rescued.poisoned)) == ([], [])
 
 
 def _expire(store: Store, job_id: str, round_: int) -> tuple[list[str], list[str]]:
     """Claim the job, let its lease run out, run the rescuer: (requeued, poisoned)."""
     now = T0 + round_ * 1000
     claim_one(store, job_id, now=now)
-    rescue = store.job_rescue_expired(now=now + LEASE + 1)
-    return list(rescue.requeued), list(rescue.poisoned)
+    rescued = rescue(store, now=now + LEASE + 1)
+    return list(rescued.requeued), list(rescued.poisoned)
 
 
 def test_a_job_reclaimed_again_and_again_is_poison(store: Store) -> None:
@@ -684,7 +699,7 @@ def test_a_new_checkpoint_resets_the_poison_count(store: Store) -> None:
         assert _expire(store, job_id, round_) == ([job_id], [])
     claimed = claim_one(store, job_id, now=T0 + 50_000)
     _checkpoint(store, job_id, claimed.fence, T0 + 50_000)
-    assert list(store.job_rescue_expired(now=T0 + 50_000 + LEASE + 1).requeued) == [job_id]
+    assert list(rescue(store, now=T0 + 50_000 + LEASE + 1).requeued) == [job_id]
     for round_ in range(100, 100 + POISON_RECLAIMS - 1):
         assert _expire(store, job_id, round_) == ([job_id], []), f"expiry {round_}"
     assert _expire(store, job_id, 200) == ([], [job_id])
@@ -702,8 +717,8 @@ def test_a_requeued_poison_job_starts_counting_again(store: Store) -> None:
 def test_a_released_lease_is_not_rescued(store: Store) -> None:
     """A job given back by ``job_release`` is queued, not running, so there is nothing to rescue."""
     claimed = running_job(store)
-    store.job_release(claimed.id, claimed.fence, now=T0 + 1)
-    assert list(store.job_rescue_expired(now=T0 + 10 * LEASE).requeued) == []
+    release(store, claimed.id, claimed.fence, now=T0 + 1)
+    assert list(rescue(store, now=T0 + 10 * LEASE).requeued) == []
 
 
 # --- outcomes ---------------------------------------------------------------------------------
@@ -727,8 +742,14 @@ def _history(store: Store, job_id: str, fence: int, statuses: str) -> None:
 def test_retry_later_requeues_at_run_at_with_the_error(store: Store) -> None:
     """``job_retry_later`` queues the job for ``run_at``, records its error, frees the lease."""
     claimed = running_job(store)
-    store.job_retry_later(
-        claimed.id, claimed.fence, error='{"type": "E"}', attempt=1, run_at=T0 + 60, now=T0 + 2
+    retry_later(
+        store,
+        claimed.id,
+        claimed.fence,
+        error='{"type": "E"}',
+        attempt=1,
+        run_at=T0 + 60,
+        now=T0 + 2,
     )
     record = store.job_get(claimed.id)
     assert record is not None
@@ -773,7 +794,7 @@ def test_fail_records_the_final_error(store: Store) -> None:
     """``job_fail`` makes the job failed with its error, keeps its history, frees the lease."""
     claimed = running_job(store)
     _history(store, claimed.id, claimed.fence, "oe")
-    store.job_fail(claimed.id, claimed.fence, error='{"type": "Boom"}', attempt=1, now=T0 + 5)
+    fail(store, claimed.id, claimed.fence, error='{"type": "Boom"}', attempt=1, now=T0 + 5)
     record = store.job_get(claimed.id)
     assert record is not None
     assert (record.state, record.error, record.finished_at) == (
@@ -790,7 +811,7 @@ def test_fail_records_the_final_error(store: Store) -> None:
 def test_complete_records_the_result(store: Store) -> None:
     """``job_complete`` makes the job succeeded with its result and frees the lease."""
     claimed = running_job(store)
-    store.job_complete(claimed.id, claimed.fence, result='{"ok": true}', now=T0 + 5)
+    complete(store, claimed.id, claimed.fence, result='{"ok": true}', now=T0 + 5)
     record = store.job_get(claimed.id)
     assert record is not None
     assert (record.state, record.result, record.finished_at, record.updated_at) == (
@@ -827,7 +848,7 @@ def test_a_finished_job_takes_no_more_writes(
 def test_release_gives_the_job_back_due_now(store: Store) -> None:
     """A released job is queued, due at the release time, without owner."""
     claimed = running_job(store, run_at=T0 - 100)
-    assert store.job_release(claimed.id, claimed.fence, now=T0 + 7)
+    assert release(store, claimed.id, claimed.fence, now=T0 + 7)
     record = store.job_get(claimed.id)
     assert record is not None
     assert (record.state, record.lease_owner, record.lease_expires_at) == (
@@ -842,11 +863,11 @@ def test_release_needs_the_current_fence(store: Store) -> None:
     """Releasing with a stale fence, or a job that is not running, changes nothing."""
     job_id, stale, current = _reclaimed_twice(store)
     before = store.job_get(job_id)
-    assert not store.job_release(job_id, stale, now=T0 + 5)
+    assert not release(store, job_id, stale, now=T0 + 5)
     assert store.job_get(job_id) == before
-    assert store.job_release(job_id, current, now=T0 + 5)
-    assert not store.job_release(job_id, current, now=T0 + 6)
-    assert not store.job_release("no-such-job", 1, now=T0 + 6)
+    assert release(store, job_id, current, now=T0 + 5)
+    assert not release(store, job_id, current, now=T0 + 6)
+    assert not release(store, "no-such-job", 1, now=T0 + 6)
 
 
 @pytest.mark.parametrize("state", ["queued", "running"])
@@ -865,9 +886,9 @@ def test_cancel_an_unfinished_job(store: Store, state: str) -> None:
 def test_cancel_a_finished_job_does_nothing(store: Store) -> None:
     """Cancelling a succeeded, failed or cancelled job returns False and changes nothing."""
     succeeded = running_job(store)
-    store.job_complete(succeeded.id, succeeded.fence, result="1", now=T0)
+    complete(store, succeeded.id, succeeded.fence, result="1", now=T0)
     failed = running_job(store)
-    store.job_fail(failed.id, failed.fence, error='"x"', attempt=1, now=T0)
+    fail(store, failed.id, failed.fence, error='"x"', attempt=1, now=T0)
     cancelled = insert(store)
     store.job_cancel(cancelled, now=T0)
     for job_id in (succeeded.id, failed.id, cancelled):
@@ -895,11 +916,11 @@ def test_a_finished_job_keeps_its_key(store: Store, outcome: str) -> None:
 def test_requeue_gives_a_fresh_attempt_budget(store: Store, finish: str) -> None:
     """A failed or cancelled job is queued again, due now, with its attempts reset."""
     claimed = running_job(store)
-    store.job_retry_later(claimed.id, claimed.fence, error='"e"', attempt=1, run_at=T0, now=T0)
+    retry_later(store, claimed.id, claimed.fence, error='"e"', attempt=1, run_at=T0, now=T0)
     second = claim_one(store, claimed.id, now=T0 + 1)
     assert second.attempt == 2
     if finish == "failed":
-        store.job_fail(claimed.id, second.fence, error='"e"', attempt=2, now=T0 + 2)
+        fail(store, claimed.id, second.fence, error='"e"', attempt=2, now=T0 + 2)
     else:
         store.job_cancel(claimed.id, now=T0 + 2)
     assert store.job_requeue(claimed.id, now=T0 + 100)
@@ -914,7 +935,7 @@ def test_requeue_of_a_failed_job_drops_from_the_first_step_error(store: Store) -
     """A requeued failed job keeps the checkpoints before its first stored error, like a retry."""
     claimed = running_job(store)
     _history(store, claimed.id, claimed.fence, "oeo")
-    store.job_fail(claimed.id, claimed.fence, error='"e"', attempt=1, now=T0 + 5)
+    fail(store, claimed.id, claimed.fence, error='"e"', attempt=1, now=T0 + 5)
     assert store.job_requeue(claimed.id, now=T0 + 6)
     assert [(c.seq, c.status) for c in store.checkpoint_list(claimed.id)] == [(0, "ok")]
 
@@ -924,7 +945,7 @@ def test_requeue_refuses_unfinished_and_succeeded_jobs(store: Store) -> None:
     queued = insert(store)
     running = running_job(store).id
     succeeded = running_job(store)
-    store.job_complete(succeeded.id, succeeded.fence, result="1", now=T0)
+    complete(store, succeeded.id, succeeded.fence, result="1", now=T0)
     for job_id in (queued, running, succeeded.id):
         before = store.job_get(job_id)
         assert store.job_requeue(job_id, now=T0 + 5) is False
@@ -948,9 +969,9 @@ def _finished(store: Store, outcome: str, at: float, key: str | None = None) -> 
         claimed.id, claimed.fence, attempt=1, seq=0, step="find_customer", error='"e"', now=T0
     )
     if outcome == "succeeded":
-        store.job_complete(claimed.id, claimed.fence, result="1", now=at)
+        complete(store, claimed.id, claimed.fence, result="1", now=at)
     elif outcome == "failed":
-        store.job_fail(claimed.id, claimed.fence, error='"x"', attempt=1, now=at)
+        fail(store, claimed.id, claimed.fence, error='"x"', attempt=1, now=at)
     else:
         store.job_cancel(claimed.id, now=at)
     return claimed.id
@@ -1080,7 +1101,7 @@ def test_error_list_is_oldest_first(store: Store) -> None:
     _retry_later(store, claimed.id, claimed.fence, T0 + 1)
     second = claim_one(store, claimed.id, now=T0 + 100)
     store.error_insert(claimed.id, second.fence, attempt=2, seq=1, step="b", error='"4"', now=T0)
-    store.job_fail(claimed.id, second.fence, error='"5"', attempt=2, now=T0 + 101)
+    fail(store, claimed.id, second.fence, error='"5"', attempt=2, now=T0 + 101)
     errors = store.error_list(claimed.id)
     assert [(e.attempt, e.error) for e in errors] == [
         (1, '"1"'),

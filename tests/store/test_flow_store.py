@@ -20,7 +20,21 @@ from stepstone.store import Store
 from stepstone.store.base import JOB_EVENT_PREFIX, WAIT_FOREVER, ClaimedJob, JobState, NewJob
 
 from ..backends import POSTGRES
-from .support import LEASE, NAMES, T0, claim_due, claim_one, insert, running_job
+from .support import (
+    LEASE,
+    NAMES,
+    T0,
+    claim_due,
+    claim_one,
+    complete,
+    fail,
+    insert,
+    park,
+    release,
+    rescue,
+    retry_later,
+    running_job,
+)
 
 #: The job name the concurrency tests limit.
 LIMITED = "ocr.run"
@@ -102,10 +116,10 @@ def state_of(store: Store, job_id: str) -> JobState:
     return record.state
 
 
-def parked(store: Store, *, until: float = T0 + 60, now: float = T0, **park: Any) -> ClaimedJob:
-    """A job that ran and parked itself with these ``job_park`` arguments."""
+def parked(store: Store, *, until: float = T0 + 60, now: float = T0, **waits: Any) -> ClaimedJob:
+    """A job that ran and parked itself with these ``Outcome.park`` arguments."""
     claimed = running_job(store, now=now)
-    store.job_park(claimed.id, claimed.fence, until=until, now=now, **{"event": None, **park})
+    park(store, claimed.id, claimed.fence, until=until, now=now, **{"event": None, **waits})
     return claimed
 
 
@@ -145,10 +159,10 @@ def test_job_claim_takes_a_waiting_job_before_its_time(store: Store) -> None:
 def test_park_with_a_stale_fence_raises_lease_lost(store: Store) -> None:
     """Only the run holding the current fence may park the job."""
     claimed = running_job(store)
-    store.job_release(claimed.id, claimed.fence, now=T0)
+    release(store, claimed.id, claimed.fence, now=T0)
     claim_one(store, claimed.id, now=T0 + 1)
     with pytest.raises(LeaseLost):
-        store.job_park(claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0 + 2)
+        park(store, claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0 + 2)
     assert state_of(store, claimed.id) == JobState.RUNNING
 
 
@@ -157,7 +171,7 @@ def test_park_a_cancelled_job_raises_job_cancelled(store: Store) -> None:
     claimed = running_job(store)
     assert store.job_cancel(claimed.id, now=T0 + 1)
     with pytest.raises(JobCancelled):
-        store.job_park(claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0 + 2)
+        park(store, claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0 + 2)
     assert state_of(store, claimed.id) == JobState.CANCELLED
 
 
@@ -177,7 +191,7 @@ def test_park_for_an_event_already_signalled_is_due_at_once(store: Store) -> Non
     """A signal newer than the job (and than ``signal_after``) makes the park a requeue."""
     claimed = running_job(store, now=T0)
     store.signal_send("order.paid", '{"n": 1}', now=T0 + 1)
-    store.job_park(claimed.id, claimed.fence, until=WAIT_FOREVER, event="order.paid", now=T0 + 2)
+    park(store, claimed.id, claimed.fence, until=WAIT_FOREVER, event="order.paid", now=T0 + 2)
     record = store.job_get(claimed.id)
     assert record is not None
     assert (record.state, record.run_at) == (JobState.QUEUED, T0 + 2)
@@ -198,7 +212,8 @@ def test_park_ignores_signals_the_job_already_received(store: Store) -> None:
     store.signal_send("order.paid", "1", now=T0 + 1)
     found = store.signal_next("order.paid", after=0, since=T0)
     assert found is not None
-    store.job_park(
+    park(
+        store,
         claimed.id,
         claimed.fence,
         until=WAIT_FOREVER,
@@ -225,14 +240,14 @@ def test_park_for_a_finished_child_is_due_at_once(store: Store, outcome: str) ->
     """A child that already ended (in any way) makes the park a requeue, due now."""
     child = running_job(store, name="ocr.run")
     if outcome == "succeeded":
-        store.job_complete(child.id, child.fence, result="1", now=T0)
+        complete(store, child.id, child.fence, result="1", now=T0)
     elif outcome == "failed":
-        store.job_fail(child.id, child.fence, error='"x"', attempt=1, now=T0)
+        fail(store, child.id, child.fence, error='"x"', attempt=1, now=T0)
     else:
         store.job_cancel(child.id, now=T0)
     claimed = running_job(store, now=T0 + 1)
-    store.job_park(
-        claimed.id, claimed.fence, until=WAIT_FOREVER, event=None, child=child.id, now=T0 + 2
+    park(
+        store, claimed.id, claimed.fence, until=WAIT_FOREVER, event=None, child=child.id, now=T0 + 2
     )
     record = store.job_get(claimed.id)
     assert record is not None
@@ -244,9 +259,9 @@ def test_park_for_a_finished_child_is_due_at_once(store: Store, outcome: str) ->
 
 def _end(store: Store, job: ClaimedJob, how: str, now: float) -> None:
     if how == "succeeded":
-        store.job_complete(job.id, job.fence, result='"ok"', now=now)
+        complete(store, job.id, job.fence, result='"ok"', now=now)
     elif how == "failed":
-        store.job_fail(job.id, job.fence, error='"bad"', attempt=1, now=now)
+        fail(store, job.id, job.fence, error='"bad"', attempt=1, now=now)
     else:
         assert store.job_cancel(job.id, now=now)
 
@@ -276,7 +291,7 @@ def test_the_wake_trigger_leaves_other_waiting_jobs_alone(store: Store) -> None:
     on_other = parked(store, until=WAIT_FOREVER, child=other_child)
     on_event = parked(store, until=WAIT_FOREVER, event=f"{JOB_EVENT_PREFIX}x")
     on_time = parked(store, until=T0 + 60)
-    store.job_complete(child.id, child.fence, result="1", now=T0 + 5)
+    complete(store, child.id, child.fence, result="1", now=T0 + 5)
     for job in (on_other, on_event, on_time):
         assert state_of(store, job.id) == JobState.WAITING
 
@@ -285,9 +300,9 @@ def test_a_child_retried_or_released_wakes_nobody(store: Store) -> None:
     """Only a finished child wakes its waiters, not one requeued for another attempt."""
     child = running_job(store, name="ocr.run")
     waiter = parked(store, until=WAIT_FOREVER, child=child.id)
-    store.job_retry_later(child.id, child.fence, error='"e"', attempt=1, run_at=T0 + 9, now=T0)
+    retry_later(store, child.id, child.fence, error='"e"', attempt=1, run_at=T0 + 9, now=T0)
     again = claim_one(store, child.id, now=T0 + 9)
-    store.job_release(child.id, again.fence, now=T0 + 10)
+    release(store, child.id, again.fence, now=T0 + 10)
     assert state_of(store, waiter.id) == JobState.WAITING
 
 
@@ -298,7 +313,7 @@ def test_a_poisoned_child_wakes_its_waiter(store: Store) -> None:
     now = T0
     for _ in range(10):
         now += LEASE + 1
-        store.job_rescue_expired(now=now)
+        rescue(store, now=now)
         if state_of(store, child.id) == JobState.FAILED:
             break
         claim_one(store, child.id, now=now)
@@ -446,7 +461,7 @@ def test_debounce_never_replaces_a_running_or_finished_job(store: Store) -> None
     running = store.job_get(first.id)
     assert running is not None
     assert (running.state, running.args) == (JobState.RUNNING, '["v1"]')
-    store.job_complete(claimed.id, claimed.fence, result="1", now=T0 + 2)
+    complete(store, claimed.id, claimed.fence, result="1", now=T0 + 2)
     third = store.job_debounce(flow_job(args='["v3"]', debounce_key="k"), now=T0 + 3)
     assert (third.created, third.job.id) == (False, second.job.id)
     done = store.job_get(first.id)
@@ -462,11 +477,11 @@ def test_debounce_never_replaces_a_job_that_started_and_was_requeued(
     first = store.job_debounce(flow_job(args='["v1"]', debounce_key="k"), now=T0).job
     [claimed] = claim_due(store, now=T0)
     if how == "retry_later":
-        store.job_retry_later(first.id, 1, error='"e"', attempt=1, run_at=T0 + 9, now=T0 + 1)
+        retry_later(store, first.id, 1, error='"e"', attempt=1, run_at=T0 + 9, now=T0 + 1)
     elif how == "release":
-        store.job_release(first.id, 1, now=T0 + 1)
+        release(store, first.id, 1, now=T0 + 1)
     else:
-        store.job_rescue_expired(now=T0 + LEASE + 1)
+        rescue(store, now=T0 + LEASE + 1)
     assert state_of(store, claimed.id) == JobState.QUEUED
     again = store.job_debounce(flow_job(args='["v2"]', debounce_key="k"), now=T0 + 40)
     assert again.created
@@ -481,7 +496,7 @@ def test_debounce_of_a_waiting_job_inserts_a_new_one(store: Store) -> None:
     """A debounced job that started and parked itself is not replaced either."""
     store.job_debounce(flow_job(args='["v1"]', debounce_key="k"), now=T0)
     [claimed] = claim_due(store, now=T0)
-    store.job_park(claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0)
+    park(store, claimed.id, claimed.fence, until=T0 + 60, event=None, now=T0)
     again = store.job_debounce(flow_job(args='["v2"]', debounce_key="k"), now=T0 + 1)
     assert again.created
     waiting = store.job_get(claimed.id)
@@ -714,7 +729,7 @@ def test_claim_due_frees_the_slot_when_the_holder_ends(store: Store) -> None:
     first = limited(store, "a", run_at=T0 - 2)
     second = limited(store, "a", run_at=T0 - 1)
     assert claim_limited(store) == [first]
-    store.job_complete(first, 1, result="1", now=T0 + 1)
+    complete(store, first, 1, result="1", now=T0 + 1)
     assert claim_limited(store, now=T0 + 1) == [second]
 
 
@@ -725,13 +740,13 @@ def test_a_holder_that_stops_running_frees_its_slot(store: Store, how: str) -> N
     second = limited(store, "a", run_at=T0 - 1)
     assert claim_limited(store) == [first]
     if how == "retry_later":
-        store.job_retry_later(first, 1, error='"e"', attempt=1, run_at=T0 + 100, now=T0)
+        retry_later(store, first, 1, error='"e"', attempt=1, run_at=T0 + 100, now=T0)
     elif how == "release":
-        store.job_release(first, 1, now=T0)  # due again, but younger than second
+        release(store, first, 1, now=T0)  # due again, but younger than second
     elif how == "park":
-        store.job_park(first, 1, until=T0 + 100, event=None, now=T0)
+        park(store, first, 1, until=T0 + 100, event=None, now=T0)
     elif how == "fail":
-        store.job_fail(first, 1, error='"e"', attempt=1, now=T0)
+        fail(store, first, 1, error='"e"', attempt=1, now=T0)
     else:
         store.job_cancel(first, now=T0)
     assert second in claim_limited(store, now=T0 + 1)
@@ -751,7 +766,7 @@ def test_claim_due_orders_a_keys_jobs_by_priority(store: Store) -> None:
     old = limited(store, "a", run_at=T0 - 10)
     urgent = limited(store, "a", run_at=T0 - 1, priority=9)
     assert claim_limited(store) == [urgent]
-    store.job_complete(urgent, 1, result="1", now=T0)
+    complete(store, urgent, 1, result="1", now=T0)
     assert claim_limited(store) == [old]
 
 
@@ -866,10 +881,10 @@ def test_cancel_cascades_to_every_unfinished_descendant(store: Store) -> None:
     queued = insert_flow(store, parent_id=parent.id, run_at=T0 + 100)
     running = claim_one(store, insert_flow(store, parent_id=parent.id))
     waiting = claim_one(store, insert_flow(store, parent_id=parent.id))
-    store.job_park(waiting.id, waiting.fence, until=T0 + 100, event=None, now=T0)
+    park(store, waiting.id, waiting.fence, until=T0 + 100, event=None, now=T0)
     grandchild = insert_flow(store, parent_id=queued, run_at=T0 + 100)
     done = claim_one(store, insert_flow(store, parent_id=parent.id))
-    store.job_complete(done.id, done.fence, result="1", now=T0)
+    complete(store, done.id, done.fence, result="1", now=T0)
     unrelated = insert(store, run_at=T0 + 100)
     unrelated_running = running_job(store)
     assert store.job_cancel(parent.id, now=T0 + 5)
@@ -888,7 +903,7 @@ def test_cancel_leaves_finished_children_as_they_are(store: Store) -> None:
     parent = running_job(store)
     child_id = insert_flow(store, parent_id=parent.id)
     child = claim_one(store, child_id)
-    store.job_complete(child.id, child.fence, result='"kept"', now=T0 + 1)
+    complete(store, child.id, child.fence, result='"kept"', now=T0 + 1)
     assert store.job_cancel(parent.id, now=T0 + 2)
     record = store.job_get(child_id)
     assert record is not None
@@ -905,14 +920,14 @@ def test_cancel_a_running_child_refuses_its_writes(store: Store) -> None:
     child = claim_one(store, insert_flow(store, parent_id=parent.id))
     assert store.job_cancel(parent.id, now=T0 + 1)
     with pytest.raises(JobCancelled):
-        store.job_complete(child.id, child.fence, result="1", now=T0 + 2)
+        complete(store, child.id, child.fence, result="1", now=T0 + 2)
 
 
 def test_cancel_a_waiting_parent_and_its_child_leaves_both_cancelled(store: Store) -> None:
     """Cancelling a parent parked on its child: the child's end does not requeue the parent."""
     parent = running_job(store)
     child = insert_flow(store, parent_id=parent.id)
-    store.job_park(parent.id, parent.fence, until=WAIT_FOREVER, event=None, child=child, now=T0)
+    park(store, parent.id, parent.fence, until=WAIT_FOREVER, event=None, child=child, now=T0)
     assert store.job_cancel(parent.id, now=T0 + 1)
     assert state_of(store, parent.id) == JobState.CANCELLED
     assert state_of(store, child) == JobState.CANCELLED
@@ -923,7 +938,7 @@ def test_cancel_a_child_wakes_its_waiting_parent(store: Store) -> None:
     """Cancelling only the child ends it: the parent waiting for it is queued."""
     parent = running_job(store)
     child = insert_flow(store, parent_id=parent.id)
-    store.job_park(parent.id, parent.fence, until=WAIT_FOREVER, event=None, child=child, now=T0)
+    park(store, parent.id, parent.fence, until=WAIT_FOREVER, event=None, child=child, now=T0)
     assert store.job_cancel(child, now=T0 + 1)
     record = store.job_get(parent.id)
     assert record is not None
@@ -934,7 +949,7 @@ def test_cancel_a_finished_job_touches_none_of_its_children(store: Store) -> Non
     """Cancelling a finished job returns False and leaves its unfinished children alone."""
     parent = running_job(store)
     child = insert_flow(store, parent_id=parent.id, run_at=T0 + 100)
-    store.job_complete(parent.id, parent.fence, result="1", now=T0 + 1)
+    complete(store, parent.id, parent.fence, result="1", now=T0 + 1)
     assert not store.job_cancel(parent.id, now=T0 + 2)
     assert state_of(store, child) == JobState.QUEUED
 

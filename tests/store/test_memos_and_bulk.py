@@ -27,7 +27,18 @@ from stepstone.store.base import (
 )
 from stepstone.store.sqlite import SQLiteStore
 
-from .support import LEASE, T0, claim_due, claim_one, insert, new_job, running_job
+from .support import (
+    LEASE,
+    T0,
+    claim_due,
+    claim_one,
+    complete,
+    fail,
+    insert,
+    new_job,
+    release,
+    running_job,
+)
 
 KEY = "ocr:page-1"
 
@@ -74,7 +85,7 @@ def _done(store: Store, key: str, value: str, *, expires_at: float | None = None
 def _stale_run(store: Store) -> tuple[ClaimedJob, ClaimedJob]:
     """A job claimed twice: (its first run, now stale; its current run)."""
     first = running_job(store)
-    assert store.job_release(first.id, first.fence, now=T0)
+    assert release(store, first.id, first.fence, now=T0)
     return first, claim_one(store, first.id, now=T0, owner="worker-b")
 
 
@@ -130,11 +141,11 @@ def _cancel(store: Store, run: ClaimedJob) -> None:
 
 
 def _succeed(store: Store, run: ClaimedJob) -> None:
-    store.job_complete(run.id, run.fence, result="null", now=T0 + 1)
+    complete(store, run.id, run.fence, result="null", now=T0 + 1)
 
 
 def _fail(store: Store, run: ClaimedJob) -> None:
-    store.job_fail(run.id, run.fence, error='"bad"', attempt=1, now=T0 + 1)
+    fail(store, run.id, run.fence, error='"bad"', attempt=1, now=T0 + 1)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +171,7 @@ def test_memo_acquire_takes_over_from_a_reclaimed_owner(store: Store) -> None:
     """An owner whose job was claimed again (another fence) no longer holds the key."""
     owner = running_job(store)
     _acquire(store, owner)
-    assert store.job_release(owner.id, owner.fence, now=T0)
+    assert release(store, owner.id, owner.fence, now=T0)
     again = claim_one(store, owner.id, now=T0, owner="worker-b")
     assert again.fence != owner.fence
     assert _acquire(store, again, now=T0 + 1) == MemoClaim("acquired", other_job=owner.id)
@@ -726,7 +737,7 @@ def test_step_transaction_leaves_the_store_usable(store: Store, notes: _Notes) -
     with pytest.raises(LeaseLost):
         notes.step(run.id, run.fence + 1, "refused")
     notes.step(run.id, run.fence, "kept")
-    store.job_complete(run.id, run.fence, result="null", now=T0 + 3)
+    complete(store, run.id, run.fence, result="null", now=T0 + 3)
     record = store.job_get(run.id)
     assert record is not None
     assert record.state == JobState.SUCCEEDED
@@ -757,19 +768,19 @@ def test_get_many_finds_jobs_by_id_and_by_key(store: Store) -> None:
 
 
 def test_complete_many_records_every_owned_success_and_explains_the_rest(store: Store) -> None:
-    """job_complete_many writes the successes of the runs that own their jobs, and returns
+    """job_transition_many writes the successes of the runs that own their jobs, and returns
     LeaseLost or JobCancelled for the others, writing nothing for them."""
-    from stepstone.store.base import Completion
+    from stepstone.store.base import Outcome
 
     owned = [running_job(store) for _ in range(3)]
     stale = running_job(store)
     cancelled = running_job(store)
     assert store.job_cancel(cancelled.id, now=T0)
-    refused = store.job_complete_many(
+    refused = store.job_transition_many(
         [
-            *(Completion(job.id, job.fence, f'"{n}"') for n, job in enumerate(owned)),
-            Completion(stale.id, stale.fence + 1, '"stale"'),
-            Completion(cancelled.id, cancelled.fence, '"late"'),
+            *(Outcome.complete(job.id, job.fence, f'"{n}"') for n, job in enumerate(owned)),
+            Outcome.complete(stale.id, stale.fence + 1, '"stale"'),
+            Outcome.complete(cancelled.id, cancelled.fence, '"late"'),
         ],
         now=T0 + 1,
     )

@@ -10,12 +10,11 @@ never sees SQL or a driver exception: a backend translates them into the errors 
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..errors import JobCancelled, LeaseLost, StepstoneError
+from ..errors import StepstoneError
 from ..types import (
     FINISHED_STATES,
     JOB_EVENT_PREFIX,
@@ -25,6 +24,7 @@ from ..types import (
     ClaimedJob,
     Completion,
     ErrorRecord,
+    ExpiredLease,
     IdleStatus,
     InsertResult,
     JobRecord,
@@ -35,28 +35,8 @@ from ..types import (
     Outcome,
     OutcomeKind,
     Rescue,
+    RescueDecision,
 )
-
-#: A job reclaimed this many times in a row without a new checkpoint is failed as poison.
-POISON_RECLAIMS = 5
-
-
-def poison_error(job_id: str, reclaims: int) -> str:
-    """The error record stored on a job failed as poison."""
-    message = (
-        f"job {job_id} was reclaimed {reclaims} times in a row without a new checkpoint: "
-        "the workers running it keep dying (out of memory, a crash in native code, a kill); "
-        "it is failed as a poison job. Fix the cause, then `stepstone retry` it."
-    )
-    return json.dumps(
-        {
-            "type": "stepstone.errors.StepstoneError",
-            "message": message,
-            "args": [message],
-            "traceback": None,
-            "permanent": True,
-        }
-    )
 
 
 class StepTransaction(abc.ABC):
@@ -168,100 +148,39 @@ class Store(abc.ABC):
         """Extend the leases of (job id, fence) pairs; return the ids whose lease was lost."""
 
     @abc.abstractmethod
-    def job_rescue_expired(self, *, now: float, limit: int = 100) -> Rescue:
-        """Requeue running jobs whose lease expired (as replays); fail poison jobs."""
+    def job_get_expired(self, *, now: float, limit: int = 100) -> list[ExpiredLease]:
+        """Up to ``limit`` running jobs whose lease expired before ``now``, the longest
+        expired first (the rescuer's bounded read)."""
 
     @abc.abstractmethod
-    def job_complete(self, job_id: str, fence: int, *, result: str, now: float) -> None:
-        """Record success, durably. Raises ``LeaseLost`` or ``JobCancelled`` if not the owner."""
+    def job_rescue_many(self, decisions: Sequence[RescueDecision], *, now: float) -> Rescue:
+        """Write the rescuer's decisions in one durable transaction: requeue as a replay, or
+        fail as poison with its error recorded. Each is written only while the job still
+        runs under the decision's fence with a lease expired before ``now`` (a heartbeat or
+        a claim since the read wins); returns the ones written."""
 
-    def job_complete_many(
-        self, completions: Sequence[Completion], *, now: float
-    ) -> dict[str, StepstoneError]:
-        """Record the success of several jobs in one durable transaction (group commit).
-
-        Returns, for each job whose write was refused (not the owner any more), why. The
-        default writes them one by one; stores override it with one statement.
-        """
-        refused: dict[str, StepstoneError] = {}
-        for done in completions:
-            try:
-                self.job_complete(done.job_id, done.fence, result=done.result, now=now)
-            except StepstoneError as exc:
-                refused[done.job_id] = exc
-        return refused
-
+    @abc.abstractmethod
     def job_transition_many(
         self, outcomes: Sequence[Outcome], *, now: float
     ) -> dict[str, StepstoneError]:
         """Write how several runs ended, each only while its fence owns the running job,
-        in one durable transaction (group commit).
+        in one transaction (group commit): durable, unless every outcome is a park.
 
         Returns, for each job whose transition was refused, why (``LeaseLost`` or
         ``JobCancelled``); the others are written. A store error fails the whole group.
+        Per kind: COMPLETE records the result; FAIL the final error (also in the error
+        history); RETRY queues a new attempt at ``run_at``, recording the error and dropping
+        the run's first stored step error and every checkpoint after it; RELEASE queues the
+        job due now as a replay; PARK makes it ``waiting`` until ``run_at``, a signal of
+        ``event`` newer than ``signal_after`` and than the job, or ``child``'s end (due at
+        once if that already happened), as a replay.
         """
-        refused: dict[str, StepstoneError] = {}
-        for outcome in outcomes:
-            try:
-                self._transition_one(outcome, now=now)
-            except (LeaseLost, JobCancelled) as exc:
-                refused[outcome.job_id] = exc
-        return refused
 
     def job_transition(self, outcome: Outcome, *, now: float) -> None:
         """Write how one run ended; raises ``LeaseLost`` or ``JobCancelled`` if refused."""
-        refused = self.job_transition_many([outcome], now=now)
+        refused = self.job_transition_many((outcome,), now=now)
         if refused:
             raise refused[outcome.job_id]
-
-    def _transition_one(self, outcome: Outcome, *, now: float) -> None:
-        kind, job_id, fence = outcome.kind, outcome.job_id, outcome.fence
-        if kind is OutcomeKind.COMPLETE:
-            assert outcome.result is not None
-            self.job_complete(job_id, fence, result=outcome.result, now=now)
-        elif kind is OutcomeKind.FAIL:
-            assert outcome.error is not None
-            self.job_fail(job_id, fence, error=outcome.error, attempt=outcome.attempt, now=now)
-        elif kind is OutcomeKind.RETRY:
-            assert outcome.error is not None
-            self.job_retry_later(
-                job_id,
-                fence,
-                error=outcome.error,
-                attempt=outcome.attempt,
-                run_at=outcome.run_at,
-                now=now,
-            )
-        elif kind is OutcomeKind.RELEASE:
-            if not self.job_release(job_id, fence, now=now):
-                raise LeaseLost(f"job {job_id}: fence {fence} no longer owns it; not released")
-        else:
-            self.job_park(
-                job_id,
-                fence,
-                until=outcome.run_at,
-                event=outcome.event,
-                signal_after=outcome.signal_after,
-                child=outcome.child,
-                now=now,
-            )
-
-    @abc.abstractmethod
-    def job_fail(self, job_id: str, fence: int, *, error: str, attempt: int, now: float) -> None:
-        """Record final failure, durably, with the error of this attempt."""
-
-    @abc.abstractmethod
-    def job_retry_later(
-        self, job_id: str, fence: int, *, error: str, attempt: int, run_at: float, now: float
-    ) -> None:
-        """Requeue for a new attempt at ``run_at``.
-
-        Drops the run's first stored step error and every checkpoint after it.
-        """
-
-    @abc.abstractmethod
-    def job_release(self, job_id: str, fence: int, *, now: float) -> bool:
-        """Give a claimed job back, due now, as a replay (graceful shutdown)."""
 
     @abc.abstractmethod
     def job_cancel(self, job_id: str, *, now: float) -> bool:
@@ -277,23 +196,6 @@ class Store(abc.ABC):
         """Delete finished jobs (with their history) older than ``finished_before``."""
 
     # parking, signals, schedules, rates ----------------------------------------------------
-    @abc.abstractmethod
-    def job_park(
-        self,
-        job_id: str,
-        fence: int,
-        *,
-        until: float,
-        event: str | None,
-        signal_after: int = 0,
-        child: str | None = None,
-        now: float,
-    ) -> None:
-        """Park a running job (``waiting``) until ``until``, or until ``event`` is signalled
-        (a signal newer than ``signal_after`` and than the job), or until job ``child``
-        finishes. If that has already happened, the job is due at once. Its lease is
-        given up; the next claim replays it (no new attempt). Fenced."""
-
     @abc.abstractmethod
     def signal_send(self, event: str, payload: str, *, now: float) -> int:
         """Store a signal and wake the jobs waiting for its event; return how many woke."""
@@ -451,12 +353,12 @@ __all__ = [
     "FINISHED_STATES",
     "JOB_EVENT_PREFIX",
     "MAX_KEY_BYTES",
-    "POISON_RECLAIMS",
     "WAIT_FOREVER",
     "Checkpoint",
     "ClaimedJob",
     "Completion",
     "ErrorRecord",
+    "ExpiredLease",
     "IdleStatus",
     "InsertResult",
     "JobRecord",
@@ -467,7 +369,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Rescue",
+    "RescueDecision",
     "StepTransaction",
     "Store",
-    "poison_error",
 ]

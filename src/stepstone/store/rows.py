@@ -47,6 +47,9 @@ def job_record(row: Row) -> JobRecord:
         finished_at=row["finished_at"],
         parent_id=row["parent_id"],
         wait_event=row["wait_event"],
+        concurrency_key=row["concurrency_key"],
+        concurrency_limit=row["concurrency_limit"],
+        debounce_key=row["debounce_key"],
     )
 
 
@@ -187,6 +190,9 @@ def inserted_record(params: Mapping[str, Any]) -> JobRecord:
         started_at=params["started_at"],
         finished_at=None,
         parent_id=params["parent_id"],
+        concurrency_key=params["concurrency_key"],
+        concurrency_limit=params["concurrency_limit"],
+        debounce_key=params["debounce_key"],
     )
 
 

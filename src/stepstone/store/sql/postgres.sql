@@ -3,6 +3,8 @@
 -- Times travel as epoch seconds (float8) and are stored as timestamptz.
 
 -- name: job_insert
+-- One job row: single insert, on the caller's connection, debounce (job_insert_many takes
+-- the same columns as arrays).
 INSERT INTO {schema}.jobs
     (id, name, queue, key, args, state, priority, run_at, fence, attempts,
      lease_owner, lease_expires_at, created_at, updated_at, started_at,
@@ -14,6 +16,29 @@ VALUES
      to_timestamp(%(started_at)s),
      %(parent_id)s, %(concurrency_key)s, %(concurrency_limit)s, %(debounce_key)s)
 ON CONFLICT (key) DO NOTHING;
+
+-- name: job_insert_many
+-- Bulk insert: the columns of job_insert, each travelling as an array named as the
+-- parameter ``rows.insert_params`` builds; returns the ids inserted (a taken key inserts
+-- nothing). tests/store/test_insert_paths.py checks that both carry every job field.
+INSERT INTO {schema}.jobs
+    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
+     lease_owner, lease_expires_at, created_at, updated_at, started_at,
+     parent_id, concurrency_key, concurrency_limit, debounce_key)
+SELECT id, name, queue, key, args::json, state, priority, to_timestamp(run_at), fence,
+       attempts, owner, to_timestamp(lease_until), to_timestamp(now), to_timestamp(now),
+       to_timestamp(started_at), parent_id, concurrency_key, concurrency_limit, debounce_key
+FROM unnest(%(id)s::text[], %(name)s::text[], %(queue)s::text[], %(key)s::text[],
+            %(args)s::text[], %(state)s::text[], %(priority)s::int[], %(run_at)s::float8[],
+            %(fence)s::bigint[], %(attempts)s::int[], %(owner)s::text[],
+            %(lease_until)s::float8[], %(now)s::float8[], %(started_at)s::float8[],
+            %(parent_id)s::text[], %(concurrency_key)s::text[], %(concurrency_limit)s::int[],
+            %(debounce_key)s::text[])
+     AS new (id, name, queue, key, args, state, priority, run_at, fence, attempts, owner,
+             lease_until, now, started_at, parent_id, concurrency_key, concurrency_limit,
+             debounce_key)
+ON CONFLICT (key) DO NOTHING
+RETURNING id;
 
 -- name: job_get
 SELECT * FROM {schema}.job_records WHERE id = %(id)s;
@@ -150,28 +175,29 @@ FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS lease (id, fence)
 WHERE j.id = lease.id AND j.fence = lease.fence AND j.state = 'running'
 RETURNING j.id;
 
--- name: job_expired_leases
+-- name: job_get_expired
 SELECT j.id, j.fence, j.attempts, j.reclaims,
        EXISTS (SELECT 1 FROM {schema}.checkpoints AS c
                WHERE c.job_id = j.id AND c.fence = j.fence) AS progressed
 FROM {schema}.jobs AS j
 WHERE j.state = 'running' AND j.lease_expires_at < to_timestamp(%(now)s)
 ORDER BY j.lease_expires_at
-LIMIT %(limit)s
-FOR UPDATE OF j SKIP LOCKED;
+LIMIT %(limit)s;
 
 -- name: job_requeue_expired
 UPDATE {schema}.jobs
 SET state = 'queued', replay = true, run_at = to_timestamp(%(now)s), reclaims = %(reclaims)s,
     lease_owner = NULL, lease_expires_at = NULL,
     updated_at = to_timestamp(%(now)s)
-WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
+WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+  AND lease_expires_at < to_timestamp(%(now)s);
 
 -- name: job_fail_poison
 UPDATE {schema}.jobs
 SET state = 'failed', error = %(error)s, reclaims = %(reclaims)s, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = to_timestamp(%(now)s), finished_at = to_timestamp(%(now)s)
-WHERE id = %(id)s AND fence = %(fence)s AND state = 'running';
+WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+  AND lease_expires_at < to_timestamp(%(now)s);
 
 -- name: job_complete
 UPDATE {schema}.jobs
@@ -192,6 +218,9 @@ RETURNING j.id;
 
 -- name: job_owners
 SELECT id, state, fence FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]);
+
+-- name: job_ids
+SELECT id FROM {schema}.jobs WHERE id = ANY(%(ids)s::text[]);
 
 -- name: job_fail
 UPDATE {schema}.jobs
@@ -369,18 +398,6 @@ LIMIT %(limit)s;
 DELETE FROM {schema}.memos
 WHERE expires_at <= to_timestamp(%(now)s) AND state = 'done';
 
--- name: job_insert_many
-INSERT INTO {schema}.jobs
-    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
-     created_at, updated_at)
-SELECT id, name, queue, key, args::json, 'queued', priority, to_timestamp(run_at), 0, 0,
-       to_timestamp(%(now)s), to_timestamp(%(now)s)
-FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(keys)s::text[],
-            %(args)s::text[], %(priorities)s::int[], %(run_ats)s::float8[])
-     AS new (id, name, queue, key, args, priority, run_at)
-ON CONFLICT (key) DO NOTHING
-RETURNING id;
-
 -- name: job_get_by_keys
 SELECT * FROM {schema}.job_records WHERE key = ANY(%(keys)s::text[]);
 
@@ -438,16 +455,6 @@ SET args = %(args)s, run_at = to_timestamp(%(run_at)s), queue = %(queue)s,
     concurrency_key = %(concurrency_key)s, concurrency_limit = %(concurrency_limit)s
 WHERE debounce_key = %(debounce_key)s AND state = 'queued'
 RETURNING id;
-
--- name: job_debounce_insert
-INSERT INTO {schema}.jobs
-    (id, name, queue, key, args, state, priority, run_at, fence, attempts,
-     created_at, updated_at, parent_id, concurrency_key, concurrency_limit, debounce_key)
-VALUES
-    (%(id)s, %(name)s, %(queue)s, NULL, %(args)s, 'queued', %(priority)s,
-     to_timestamp(%(run_at)s), 0, 0, to_timestamp(%(now)s), to_timestamp(%(now)s),
-     %(parent_id)s, %(concurrency_key)s, %(concurrency_limit)s, %(debounce_key)s)
-ON CONFLICT (debounce_key) WHERE state = 'queued' AND debounce_key IS NOT NULL DO NOTHING;
 
 -- name: schedule_next
 SELECT extract(epoch FROM next_tick)::float8 AS next_tick FROM {schema}.schedules

@@ -23,7 +23,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) OR key IN (SELECT value FROM jso
 
 -- name: job_list
 SELECT * FROM stepstone_jobs
-WHERE (:states IS NULL OR state IN (SELECT value FROM json_each(:states)))
+WHERE (:any_state OR state IN (SELECT value FROM json_each(:states)))
   AND (:name IS NULL OR name = :name)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
@@ -48,7 +48,7 @@ WHERE id IN (
             FROM stepstone_jobs INDEXED BY stepstone_jobs_due
             WHERE state IN ('queued', 'waiting') AND run_at <= :now
               AND name IN (SELECT value FROM json_each(:names))
-              AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+              AND (:any_queue OR queue IN (SELECT value FROM json_each(:queues)))
               AND (concurrency_key IS NULL
                    OR name NOT IN (SELECT value FROM json_each(:limited))
                    OR concurrency_key NOT IN (
@@ -85,24 +85,29 @@ SELECT
     EXISTS (SELECT 1 FROM stepstone_jobs INDEXED BY stepstone_jobs_due
             WHERE state IN ('queued', 'waiting') AND run_at <= :now
               AND name IN (SELECT value FROM json_each(:names))
-              AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+              AND (:any_queue OR queue IN (SELECT value FROM json_each(:queues))))
         AS due,
     (SELECT count(*) FROM stepstone_jobs INDEXED BY stepstone_jobs_leases
      WHERE state = 'running'
        AND name IN (SELECT value FROM json_each(:names))
-       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+       AND (:any_queue OR queue IN (SELECT value FROM json_each(:queues))))
         AS running,
     (SELECT min(run_at) FROM stepstone_jobs INDEXED BY stepstone_jobs_due
      WHERE state IN ('queued', 'waiting')
        AND name IN (SELECT value FROM json_each(:names))
-       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues))))
+       AND (:any_queue OR queue IN (SELECT value FROM json_each(:queues))))
         AS next_run_at;
 
 -- name: job_heartbeat
+-- Extends the leases of (id, fence) pairs, given as two JSON arrays; returns the ids kept.
 UPDATE stepstone_jobs SET lease_expires_at = :lease_until
-WHERE id = :id AND fence = :fence AND state = 'running';
+FROM (SELECT i.value AS id, f.value AS fence
+      FROM json_each(:ids) AS i JOIN json_each(:fences) AS f ON f.key = i.key) AS lease
+WHERE stepstone_jobs.id = lease.id AND stepstone_jobs.fence = lease.fence
+  AND stepstone_jobs.state = 'running'
+RETURNING stepstone_jobs.id;
 
--- name: job_expired_leases
+-- name: job_get_expired
 SELECT id, fence, attempts, reclaims,
        EXISTS (SELECT 1 FROM stepstone_checkpoints c
                WHERE c.job_id = j.id AND c.fence = j.fence) AS progressed
@@ -128,6 +133,27 @@ UPDATE stepstone_jobs
 SET state = 'succeeded', result = :result, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = :now, finished_at = :now
 WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_complete_many
+-- Group commit of successes: one statement for every job whose run finished meanwhile.
+UPDATE stepstone_jobs
+SET state = 'succeeded', result = done.result, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = :now, finished_at = :now
+FROM (SELECT i.value AS id, f.value AS fence, r.value AS result
+      FROM json_each(:ids) AS i JOIN json_each(:fences) AS f ON f.key = i.key
+      JOIN json_each(:results) AS r ON r.key = i.key) AS done
+WHERE stepstone_jobs.id = done.id AND stepstone_jobs.fence = done.fence
+  AND stepstone_jobs.state = 'running'
+RETURNING stepstone_jobs.id;
+
+-- name: job_owners
+SELECT id, state, fence FROM stepstone_jobs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: job_ids
+SELECT id FROM stepstone_jobs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: job_get_by_keys
+SELECT * FROM stepstone_jobs WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: job_fail
 UPDATE stepstone_jobs
@@ -182,11 +208,13 @@ SELECT seq, name, status, value, attempts, created_at, memo
 FROM stepstone_checkpoints WHERE job_id = :job_id ORDER BY seq;
 
 -- name: checkpoint_insert
+-- Positional (the hot path): ?1 job_id, ?2 seq, ?3 name, ?4 status, ?5 value, ?6 attempts,
+-- ?7 fence, ?8 now, ?9 memo.
 INSERT INTO stepstone_checkpoints
     (job_id, seq, name, status, value, attempts, fence, created_at, memo)
-SELECT :job_id, :seq, :name, :status, :value, :attempts, :fence, :now, :memo
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
 WHERE EXISTS (
-    SELECT 1 FROM stepstone_jobs WHERE id = :job_id AND fence = :fence AND state = 'running');
+    SELECT 1 FROM stepstone_jobs WHERE id = ?1 AND fence = ?7 AND state = 'running');
 
 -- name: checkpoint_drop_from_first_error
 DELETE FROM stepstone_checkpoints
@@ -264,23 +292,23 @@ LIMIT :limit;
 DELETE FROM stepstone_memos WHERE expires_at <= :now AND state = 'done';
 
 -- name: job_park
+-- Due at once (queued) if the signal or the child's end it waits for already happened.
 UPDATE stepstone_jobs
-SET state = CASE WHEN :ready THEN 'queued' ELSE 'waiting' END,
-    run_at = CASE WHEN :ready THEN :now ELSE :until END,
+SET state = CASE WHEN ready.ready THEN 'queued' ELSE 'waiting' END,
+    run_at = CASE WHEN ready.ready THEN :now ELSE :until END,
     wait_event = :event, replay = 1, reclaims = 0, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = :now
-WHERE id = :id AND fence = :fence AND state = 'running';
-
--- name: park_signal_ready
-SELECT EXISTS (
-    SELECT 1 FROM stepstone_signals
-    WHERE event = :event AND id > :after
-      AND created_at >= (SELECT created_at FROM stepstone_jobs WHERE id = :id)) AS ready;
-
--- name: park_child_ready
-SELECT EXISTS (
-    SELECT 1 FROM stepstone_jobs
-    WHERE id = :child AND state IN ('succeeded', 'failed', 'cancelled')) AS ready;
+FROM (SELECT
+        (:signal_event IS NOT NULL AND EXISTS (
+            SELECT 1 FROM stepstone_signals AS s
+            WHERE s.event = :signal_event AND s.id > :after
+              AND s.created_at >= (SELECT created_at FROM stepstone_jobs WHERE id = :id)))
+        OR (:child IS NOT NULL AND EXISTS (
+            SELECT 1 FROM stepstone_jobs AS c
+            WHERE c.id = :child AND c.state IN ('succeeded', 'failed', 'cancelled')))
+        AS ready) AS ready
+WHERE stepstone_jobs.id = :id AND stepstone_jobs.fence = :fence
+  AND stepstone_jobs.state = 'running';
 
 -- name: signal_insert
 INSERT INTO stepstone_signals (event, payload, created_at) VALUES (:event, :payload, :now);
@@ -304,7 +332,7 @@ UPDATE stepstone_jobs
 SET args = :args, run_at = :run_at, queue = :queue, priority = :priority, updated_at = :now,
     concurrency_key = :concurrency_key, concurrency_limit = :concurrency_limit
 WHERE debounce_key = :debounce_key AND state = 'queued'
-RETURNING *;
+RETURNING id;
 
 -- name: schedule_next
 SELECT next_tick FROM stepstone_schedules WHERE name = :name;
