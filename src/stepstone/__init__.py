@@ -7,8 +7,17 @@ finished and never calls an external service twice for the same work.
 
 from __future__ import annotations
 
-from .app import App
-from .context import Current, current
+from ._app import App
+from ._context import Current, current
+from ._flow import gather, sleep, sleep_until, wait_for
+from ._handle import AttemptError, Enqueued, JobHandle, StepRecord
+from ._job import JobDefinition
+from ._limits import Limit, Rate
+from ._logs import configure_logging
+from ._retry import Retry
+from ._step import StepDefinition, TransactionStep
+from ._store.base import JobState
+from ._worker import Worker
 from .errors import (
     InvalidKey,
     JobCancelled,
@@ -27,15 +36,6 @@ from .errors import (
     UnknownJob,
     WaitTimeout,
 )
-from .flow import gather, sleep, sleep_until, wait_for
-from .handle import AttemptError, Enqueued, JobHandle, StepRecord
-from .job import JobDefinition
-from .limits import Limit, Rate
-from .logs import configure_logging
-from .retry import Retry
-from .step import StepDefinition, TransactionStep
-from .store.base import JobState
-from .worker import Worker
 
 __version__ = "0.1.0"
 

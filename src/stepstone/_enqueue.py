@@ -18,15 +18,15 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._flow import checkpointed_enqueue
 from ._frames import current_step
+from ._handle import Enqueued, JobHandle
+from ._job import DEFAULT_QUEUE, JobDefinition
+from ._keys import KeyTemplate, check_key
+from ._runner import current_run
+from ._schedule import MAX_CATCH_UP
+from ._serialization import dumps
 from .errors import KeyConflict, StepstoneError
-from .flow import checkpointed_enqueue
-from .handle import Enqueued, JobHandle
-from .job import DEFAULT_QUEUE, JobDefinition
-from .keys import KeyTemplate, check_key
-from .runner import current_run
-from .schedule import MAX_CATCH_UP
-from .serialization import dumps
 from .types import InsertResult, JobRecord, NewJob
 
 if TYPE_CHECKING:

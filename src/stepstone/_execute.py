@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ._runner import JobRun, Released, current_run, suspend_in
 from .errors import JobCancelled, SerializationError, Suspend
-from .runner import JobRun, Released, current_run, suspend_in
 from .types import ClaimedJob
 
 if TYPE_CHECKING:

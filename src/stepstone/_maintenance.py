@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from .store.base import Store
+from ._store.base import Store
 from .types import ExpiredLease, Rescue, RescueDecision
 
 #: A job reclaimed this many times in a row without a new checkpoint is failed as poison.

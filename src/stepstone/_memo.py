@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from ._frames import StepFrame, logger
+from ._runner import JobRun
 from .errors import JobCancelled, LeaseLost, StoreError
-from .runner import JobRun
 from .types import MemoClaim
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from ._enqueue import build_job, insert
 from ._execute import execute_async, execute_sync
+from ._handle import finished_outcome
+from ._job import JobDefinition
 from ._maintenance import rescue_expired
+from ._runner import JobRun
 from ._runtime import Runtime
 from .errors import JobNotFound
-from .handle import finished_outcome
-from .job import JobDefinition
-from .runner import JobRun
 from .types import ClaimedJob, JobRecord, JobState
 
 

@@ -17,15 +17,15 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .clock import Clock, SystemClock
-from .completion import GroupCommit
+from ._clock import Clock, SystemClock
+from ._completion import GroupCommit
+from ._lease import LeaseKeeper
+from ._store.base import Store
 from .errors import JobCancelled
-from .lease import LeaseKeeper
-from .store.base import Store
 from .types import JobState
 
 if TYPE_CHECKING:
-    from .job import JobDefinition
+    from ._job import JobDefinition
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from stepstone import App
-from stepstone.schedule import Schedule
-from stepstone.store.base import JobRecord
+from stepstone._schedule import Schedule
+from stepstone._store.base import JobRecord
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

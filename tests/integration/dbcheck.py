@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stepstone.store.postgres import split_url
+from stepstone._store.postgres import split_url
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepstone import App, Retry
-from stepstone.context import current_run
+from stepstone._context import current_run
 
 #: The steps of ``fleetapp.three_steps``, in the order it calls them.
 STEPS = ("fleet_one", "fleet_two", "fleet_three")

@@ -20,7 +20,7 @@ from typing import Any
 
 import stepstone
 from stepstone import App, Limit, Rate, Retry
-from stepstone.clock import Clock
+from stepstone._clock import Clock
 
 #: The key of the rate-limited OCR step, shared by every process.
 OCR_RATE = Rate(10, per=1.0, key="ocr")

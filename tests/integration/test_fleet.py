@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import INTEGRATION, SRC
 
 from stepstone import App
-from stepstone.store.base import JobRecord
+from stepstone._store.base import JobRecord
 
 #: How many jobs of three steps each the fleet runs, by backend (SQLite: a smaller fleet).
 JOBS = {"postgres": 1000, "sqlite": 200}

@@ -721,7 +721,7 @@ def test_debounce_with_a_callers_connection_writes_inside_its_transaction(
     else:
         import psycopg
 
-        from stepstone.store.postgres import split_url
+        from stepstone._store.postgres import split_url
 
         conn = psycopg.connect(split_url(db_url)[0])
         rollback = conn.rollback

@@ -15,7 +15,7 @@ from waiting import body_runs, wait_for
 
 import stepstone
 from stepstone import App, InvalidKey, JobFailed, Permanent, Retry
-from stepstone.store.base import MAX_KEY_BYTES
+from stepstone._store.base import MAX_KEY_BYTES
 from stepstone.testing import FakeClock
 
 

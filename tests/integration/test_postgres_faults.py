@@ -28,7 +28,7 @@ from tests.backends import POSTGRES
 from tests.conftest import WorkerProcess
 
 from stepstone import App, StoreError, Worker
-from stepstone.context import idempotency_key
+from stepstone._context import idempotency_key
 
 STEPS = ("first_step", "second_step", "third_step")
 #: How many jobs of three steps each run while connections are being cut.

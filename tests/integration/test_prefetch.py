@@ -11,7 +11,7 @@ from collections.abc import Callable
 from waiting import wait_for
 
 from stepstone import App, Worker
-from stepstone.completion import GroupCommit
+from stepstone._completion import GroupCommit
 from stepstone.types import Outcome
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import stepstone
 from stepstone import App, JobFailed, Permanent, Retry
-from stepstone.worker import Worker
+from stepstone._worker import Worker
 
 NO_RETRY = Retry(max_attempts=1)
 EXACT = Retry(max_attempts=3, jitter=False)

@@ -8,9 +8,9 @@ import time
 from collections import Counter
 
 from stepstone import App
-from stepstone.app import new_job_id
-from stepstone.store.base import NewJob
-from stepstone.worker import Worker
+from stepstone._app import new_job_id
+from stepstone._store.base import NewJob
+from stepstone._worker import Worker
 
 
 def test_run_worker_until_idle_in_a_non_main_thread(app: App) -> None:

@@ -1,1 +1,1 @@
-"""The store conformance suite: every backend of ``stepstone.store`` passes these tests."""
+"""The store conformance suite: every backend of ``stepstone._store`` passes these tests."""

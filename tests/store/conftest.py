@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stepstone.store import Store, open_store
+from stepstone._store import Store, open_store
 
 from ..backends import POSTGRES, SQLITE_FILE, SQLITE_MEMORY, Backend, params
 

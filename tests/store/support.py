@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from stepstone._maintenance import rescue_expired
+from stepstone._store.base import ClaimedJob, NewJob, Outcome, Rescue, Store
 from stepstone.errors import JobCancelled, LeaseLost
-from stepstone.store.base import ClaimedJob, NewJob, Outcome, Rescue, Store
 
 #: The origin of every test's clock. Offsets are binary fractions, exact in any backend.
 T0 = 1_700_000_000.0

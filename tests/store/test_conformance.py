@@ -1,4 +1,4 @@
-"""The store contract: every backend must pass these tests (see ``stepstone.store.base``).
+"""The store contract: every backend must pass these tests (see ``stepstone._store.base``).
 
 Time is a float each test chooses (``now=``), so nothing sleeps: a lease "expires" when a
 later ``now`` is passed.
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import pytest
 
 from stepstone._maintenance import POISON_RECLAIMS
+from stepstone._store import Store
+from stepstone._store.base import JobRecord, JobState
 from stepstone.errors import JobCancelled, JobNotFound, LeaseLost, StepstoneError, StoreError
-from stepstone.store import Store
-from stepstone.store.base import JobRecord, JobState
 
 from .support import (
     LEASE,

@@ -1,6 +1,6 @@
 """The store contract of flow control: parking, signals, debounce, cron schedules, rate
 limits, concurrency limits, cascading cancellation and the trigger that wakes a job when the
-job it waits for ends. Every backend must pass these tests (see ``stepstone.store.base``).
+job it waits for ends. Every backend must pass these tests (see ``stepstone._store.base``).
 
 Time is a float each test chooses (``now=``), so nothing sleeps.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from stepstone._store import Store
+from stepstone._store.base import JOB_EVENT_PREFIX, WAIT_FOREVER, ClaimedJob, JobState, NewJob
 from stepstone.errors import JobCancelled, JobNotFound, LeaseLost
-from stepstone.store import Store
-from stepstone.store.base import JOB_EVENT_PREFIX, WAIT_FOREVER, ClaimedJob, JobState, NewJob
 
 from ..backends import POSTGRES
 from .support import (

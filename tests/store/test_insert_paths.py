@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from stepstone._store import Store
+from stepstone._store.base import JobRecord, NewJob
 from stepstone.errors import StoreError
-from stepstone.store import Store
-from stepstone.store.base import JobRecord, NewJob
 
 from .support import LEASE, T0
 

@@ -1,5 +1,5 @@
 """The store contract for memo keys, bulk and caller-transaction enqueues, and transactional
-steps: every backend must pass these tests (see ``stepstone.store.base``).
+steps: every backend must pass these tests (see ``stepstone._store.base``).
 
 Time is a float each test chooses (``now=``), so nothing sleeps: a lease "expires" when a
 later ``now`` is passed.
@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from stepstone.errors import JobCancelled, LeaseLost, StepstoneError, StoreError
-from stepstone.store import Store
-from stepstone.store.base import (
+from stepstone._store import Store
+from stepstone._store.base import (
     ClaimedJob,
     JobState,
     MemoClaim,
     MemoRecord,
     StepTransaction,
 )
-from stepstone.store.sqlite import SQLiteStore
+from stepstone._store.sqlite import SQLiteStore
+from stepstone.errors import JobCancelled, LeaseLost, StepstoneError, StoreError
 
 from .support import (
     LEASE,
@@ -770,7 +770,7 @@ def test_get_many_finds_jobs_by_id_and_by_key(store: Store) -> None:
 def test_complete_many_records_every_owned_success_and_explains_the_rest(store: Store) -> None:
     """job_transition_many writes the successes of the runs that own their jobs, and returns
     LeaseLost or JobCancelled for the others, writing nothing for them."""
-    from stepstone.store.base import Outcome
+    from stepstone._store.base import Outcome
 
     owned = [running_job(store) for _ in range(3)]
     stale = running_job(store)

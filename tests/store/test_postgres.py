@@ -32,10 +32,10 @@ import pytest
 from psycopg import sql
 
 from stepstone import App
+from stepstone._store import open_store
+from stepstone._store.postgres import PostgresStore, split_url
+from stepstone._store.queries import load_migrations
 from stepstone.errors import StoreError
-from stepstone.store import open_store
-from stepstone.store.postgres import PostgresStore, split_url
-from stepstone.store.queries import load_migrations
 
 from ..backends import POSTGRES, postgres_base_url, postgres_url_with_schema
 from ..conftest import SRC
@@ -885,7 +885,7 @@ def test_an_up_to_date_schema_is_opened_without_create_rights(migrated: str) -> 
 
 def test_passwords_are_masked_in_shown_urls() -> None:
     """A password in the user part or as ``?password=`` never shows in a store's URL."""
-    from stepstone.store.urls import mask_password
+    from stepstone._store.urls import mask_password
 
     assert mask_password("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
     shown = mask_password("postgresql://h/db?sslmode=require&password=secret")

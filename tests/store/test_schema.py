@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stepstone.store import open_store
-from stepstone.store.queries import load_migrations
+from stepstone._store import open_store
+from stepstone._store.queries import load_migrations
 
 
 @dataclass(frozen=True)

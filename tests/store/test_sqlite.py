@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from stepstone._store import open_store
+from stepstone._store.base import JobState
+from stepstone._store.queries import load_migrations
+from stepstone._store.sqlite import SQLiteStore  # noqa: F401 - imported before forks drop root
 from stepstone.errors import StoreError
-from stepstone.store import open_store
-from stepstone.store.base import JobState
-from stepstone.store.queries import load_migrations
-from stepstone.store.sqlite import SQLiteStore  # noqa: F401 - imported before forks drop root
 
 from .support import NAMES, claim_due, insert
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from stepstone._maintenance import POISON_RECLAIMS, decide, rescue_expired
+from stepstone._store import Store
+from stepstone._store.base import ExpiredLease, JobState, Outcome, OutcomeKind, RescueDecision
 from stepstone.errors import JobCancelled, LeaseLost
-from stepstone.store import Store
-from stepstone.store.base import ExpiredLease, JobState, Outcome, OutcomeKind, RescueDecision
 
 from .support import LEASE, T0, claim_due, claim_one, insert, release, running_job
 

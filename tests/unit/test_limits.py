@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from stepstone import Limit, Rate
-from stepstone.store.rows import rate_window
+from stepstone._store.rows import rate_window
 
 #: Epoch-sized times, where float resolution is about a quarter of a microsecond.
 T = 1_700_000_000.0

@@ -13,14 +13,14 @@ import pytest
 from stepstone import KeyConflict, Limit, Retry, StepstoneError
 from stepstone._enqueue import build_job, enqueue, enqueue_many, insert
 from stepstone._execute import execute_async, execute_sync
+from stepstone._job import JobDefinition
+from stepstone._retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY
 from stepstone._runtime import Runtime
-from stepstone.job import JobDefinition
-from stepstone.retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY
-from stepstone.step import StepDefinition, TransactionStep
-from stepstone.store import open_store
+from stepstone._step import StepDefinition, TransactionStep
+from stepstone._store import open_store
+from stepstone._worker import Worker
 from stepstone.testing import FakeClock
 from stepstone.types import ClaimedJob, JobState, NewJob, Outcome
-from stepstone.worker import Worker
 
 NO_RETRY = Retry(max_attempts=1).with_defaults(DEFAULT_JOB_RETRY)
 STEP_RETRY = Retry(max_attempts=3, jitter=False).with_defaults(DEFAULT_STEP_RETRY)
@@ -276,6 +276,6 @@ def test_no_engine_module_imports_the_app() -> None:
             if isinstance(node, ast.ImportFrom):
                 target = "." * node.level + (node.module or "")
                 names = {alias.name for alias in node.names}
-                if target in {".app", "stepstone.app"} or (target == "." and "app" in names):
+                if target in {".app", "stepstone._app"} or (target == "." and "app" in names):
                     importers.append(path.name)
     assert importers == []

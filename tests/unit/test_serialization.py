@@ -1,4 +1,4 @@
-"""Tests for stepstone.serialization: canonical JSON, typed decoding, argument and error records."""
+"""Tests for stepstone._serialization: canonical JSON, typed decoding, argument and error records."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepstone.errors import Permanent, PermanentStoredError, SerializationError, StoredError
-from stepstone.serialization import (
+from stepstone._serialization import (
     ArgumentCodec,
     describe_error,
     dumps,
@@ -31,6 +30,7 @@ from stepstone.serialization import (
     error_to_record,
     loads,
 )
+from stepstone.errors import Permanent, PermanentStoredError, SerializationError, StoredError
 
 # --- value types used across the tests ------------------------------------------------------
 
@@ -703,9 +703,9 @@ def test_describe_error() -> None:
 
 
 def test_module_does_not_import_pydantic() -> None:
-    """Importing stepstone.serialization does not import pydantic."""
+    """Importing stepstone._serialization does not import pydantic."""
     src = Path(__file__).resolve().parents[2] / "src"
-    code = "import sys, stepstone.serialization; sys.exit('pydantic' in sys.modules)"
+    code = "import sys, stepstone._serialization; sys.exit('pydantic' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], env={"PYTHONPATH": str(src)}, check=False, timeout=30
     )

@@ -18,8 +18,8 @@ from .loading import load_app, open_app
 from .render import relative_time, say
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..store.base import JobRecord
+    from .._app import App
+    from .._store.base import JobRecord
 
 
 def _json_arg(text: str | None, kind: type, option: str, what: str) -> Any:

@@ -8,9 +8,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .._logs import FORMATS, LEVELS
+from .._store.base import JobState
 from ..errors import StepstoneError
-from ..logs import FORMATS, LEVELS
-from ..store.base import JobState
 from .backfill import cmd_backfill
 from .commands import (
     cmd_cancel,

@@ -19,13 +19,13 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from ._frames import StepFrame, current_step, logger
+from ._keys import KeyTemplate
+from ._limits import Rate, rate_key
 from ._memo import memo_acquire, memo_complete, memo_release
+from ._retry import Retry
+from ._runner import JobRun, current_run
+from ._serialization import ArgumentCodec, loads
 from .errors import SerializationError, StepstoneError, StoreError
-from .keys import KeyTemplate
-from .limits import Rate, rate_key
-from .retry import Retry
-from .runner import JobRun, current_run
-from .serialization import ArgumentCodec, loads
 
 if TYPE_CHECKING:
     from ._runtime import Runtime

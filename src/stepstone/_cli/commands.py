@@ -12,8 +12,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._store.base import JOB_EVENT_PREFIX, WAIT_FOREVER
 from ..errors import JobNotFound
-from ..store.base import JOB_EVENT_PREFIX, WAIT_FOREVER
 from .exits import EXIT_OK, UsageError
 from .loading import open_app
 from .render import (
@@ -29,8 +29,8 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..store.base import JobRecord
+    from .._app import App
+    from .._store.base import JobRecord
 
 
 def find_job(app: App, ref: str) -> JobRecord:
@@ -142,7 +142,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from ..serialization import dumps
+    from .._serialization import dumps
 
     app = open_app(args)
     record = find_job(app, args.job)
@@ -300,7 +300,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the migrations the database lacks, and say which (or that it is up to date)."""
-    from ..store import open_store
+    from .._store import open_store
 
     app = open_app(args)
     store = open_store(app.url, migrate=False)
@@ -371,8 +371,8 @@ def cmd_memos(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the attachment indexer demo (``stepstone.demo``) with the remaining arguments."""
-    from ..demo import main as demo_main
+    """Run the attachment indexer demo (``stepstone._demo``) with the remaining arguments."""
+    from .._demo import main as demo_main
 
     return demo_main(args.demo_args)
 

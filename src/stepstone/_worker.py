@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from ._enqueue import keep_schedule
 from ._execute import execute_async, execute_sync
 from ._frames import logger
+from ._lease import HeldLease
 from ._maintenance import rescue_expired
 from ._runtime import Runtime, RuntimeOwner, runtime_of
 from ._threads import DaemonThreads
 from .errors import JobCancelled, LeaseLost, StoreError
-from .lease import HeldLease
 from .types import ClaimedJob, IdleStatus, JobState, Outcome
 
 #: How often an idle worker asks the store whether anything changed.
@@ -42,7 +42,7 @@ PREFETCH_MAX_SECONDS = 0.05
 PREFETCH_HOLD_SECONDS = 0.25
 
 if TYPE_CHECKING:
-    from .job import JobDefinition
+    from ._job import JobDefinition
 
 
 class Worker:

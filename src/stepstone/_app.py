@@ -11,22 +11,22 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from . import _enqueue
+from ._clock import Clock, SystemClock
 from ._enqueue import BATCH_SIZE, new_job_id
 from ._enqueue import seconds as _seconds
+from ._handle import Enqueued, JobHandle
+from ._job import DEFAULT_QUEUE, JobDefinition
+from ._keys import check_key
+from ._limits import Limit, Rate
+from ._retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
 from ._run_now import run_now
 from ._runtime import Runtime
-from .clock import Clock, SystemClock
+from ._schedule import Schedule
+from ._serialization import dumps
+from ._step import StepDefinition, TransactionStep
+from ._store import Store, open_store
+from ._store.urls import mask_password
 from .errors import JobNotFound, StepstoneError, UnknownJob
-from .handle import Enqueued, JobHandle
-from .job import DEFAULT_QUEUE, JobDefinition
-from .keys import check_key
-from .limits import Limit, Rate
-from .retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
-from .schedule import Schedule
-from .serialization import dumps
-from .step import StepDefinition, TransactionStep
-from .store import Store, open_store
-from .store.urls import mask_password
 from .types import JOB_EVENT_PREFIX, MemoRecord
 
 P = ParamSpec("P")
@@ -488,7 +488,7 @@ class App:
     ) -> None:
         """Run a worker in this thread until it is stopped (SIGTERM/SIGINT in the main
         thread) or, with ``until_idle=True``, until no job runs and none is due."""
-        from .worker import Worker
+        from ._worker import Worker
 
         Worker(
             self, concurrency=concurrency, queues=queues, until_idle=until_idle, prefetch=prefetch

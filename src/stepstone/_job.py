@@ -7,12 +7,12 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .limits import Limit, limit_key
-from .retry import Retry
-from .serialization import ArgumentCodec
+from ._limits import Limit, limit_key
+from ._retry import Retry
+from ._serialization import ArgumentCodec
 
 if TYPE_CHECKING:
-    from .schedule import Schedule
+    from ._schedule import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")

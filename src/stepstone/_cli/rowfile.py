@@ -15,8 +15,8 @@ import msgspec
 from ..errors import StepstoneError
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..job import JobDefinition
+    from .._app import App
+    from .._job import JobDefinition
 
 #: Bad rows listed one by one; any more are counted.
 SHOWN_BAD_ROWS = 20
@@ -182,7 +182,7 @@ class RowChecker:
     """Turns a row into the arguments of one job, checking what the write would check."""
 
     def __init__(self, job: JobDefinition[Any, Any], key: str | None) -> None:
-        from ..keys import KeyTemplate
+        from .._keys import KeyTemplate
 
         self.job = job
         self.signature = job.codec.signature

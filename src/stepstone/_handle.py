@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
+from ._flow import Ready, child_result
 from ._frames import current_step
+from ._runner import JobRun, current_run
+from ._serialization import describe_error, error_from_record, loads
 from .errors import JobCancelled, JobFailed, JobNotFound
-from .flow import Ready, child_result
-from .runner import JobRun, current_run
-from .serialization import describe_error, error_from_record, loads
 from .types import JobRecord, JobState
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .exits import UsageError
 
 if TYPE_CHECKING:
-    from ..app import App
+    from .._app import App
 
 
 def _import(name: str) -> Any:
@@ -74,7 +74,7 @@ def load_app(spec: str) -> App:
     The current directory is put on ``sys.path`` first. Anything wrong is a UsageError
     saying what: no such module or file, no such attribute, not an App.
     """
-    from ..app import App
+    from .._app import App
 
     target, _, attribute = spec.rpartition(":")
     if not target or not attribute:
@@ -105,7 +105,7 @@ def load_app(spec: str) -> App:
 
 def open_app(args: argparse.Namespace) -> App:
     """An App with no jobs over the database the command names (``--db``, else the default)."""
-    from ..app import App
+    from .._app import App
 
     return App(args.db)
 

@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 
 from ._frames import JobLogger, StepFrame, current_step, logger
+from ._runner import current_run
 from .errors import StepstoneError
-from .runner import current_run
 
 
 def idempotency_key(job_id: str, ident: str) -> str:

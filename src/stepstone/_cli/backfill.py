@@ -38,9 +38,9 @@ from .rowfile import (
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from ..app import App
-    from ..job import JobDefinition
-    from ..store.base import JobRecord
+    from .._app import App
+    from .._job import JobDefinition
+    from .._store.base import JobRecord
 
 #: The shortest time between two reads of the jobs' states (``--wait``).
 POLL_INTERVAL = 0.5
@@ -53,8 +53,8 @@ SHOWN_FAILURES = 10
 # loading the job ------------------------------------------------------------------------
 def load_job(spec: str) -> JobDefinition[Any, Any]:
     """The job that ``module:attribute`` or ``path/to/file.py:attribute`` names."""
-    from ..app import App
-    from ..job import JobDefinition
+    from .._app import App
+    from .._job import JobDefinition
 
     target, _, attribute = spec.rpartition(":")
     if not target or not attribute:
@@ -265,7 +265,7 @@ def _source(name: str) -> Iterator[tuple[Path, str]]:
 
 def _app_for(job: JobDefinition[Any, Any], db: str | None) -> App:
     """The job's own App, or with ``--db`` an App over that database that knows the job."""
-    from ..app import App
+    from .._app import App
 
     if not db:
         module = sys.modules.get(job.fn.__module__)

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from ._frames import current_step
+from ._runner import JobRun, current_run
+from ._serialization import dumps, error_from_record, loads
 from .errors import JobCancelled, JobFailed, StepstoneError, Suspend, WaitTimeout
-from .runner import JobRun, current_run
-from .serialization import dumps, error_from_record, loads
 from .types import JOB_EVENT_PREFIX, WAIT_FOREVER, JobRecord, JobState
 
 

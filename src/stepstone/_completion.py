@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._clock import Clock
 from ._frames import logger
-from .clock import Clock
+from ._store.base import Store
 from .errors import StepstoneError
-from .store.base import Store
 from .types import Outcome
 
 #: The most outcomes one write records.

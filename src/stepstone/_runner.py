@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._frames import JobLogger, logger
+from ._serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
 from .errors import (
     JobCancelled,
     JobTimeout,
@@ -28,14 +29,13 @@ from .errors import (
     StoreError,
     Suspend,
 )
-from .serialization import describe_error, dumps_result, error_from_record, error_to_record, loads
 from .types import Checkpoint, ClaimedJob, Outcome
 
 if TYPE_CHECKING:
+    from ._job import JobDefinition
+    from ._limits import Rate
+    from ._retry import Retry
     from ._runtime import Runtime
-    from .job import JobDefinition
-    from .limits import Rate
-    from .retry import Retry
 
 T = TypeVar("T")
 

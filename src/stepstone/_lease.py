@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ._clock import Clock
 from ._frames import logger
-from .clock import Clock
+from ._store.base import Store
 from .errors import JobCancelled, LeaseLost, StoreError
-from .store.base import Store
 from .types import ClaimedJob, JobState
 
 

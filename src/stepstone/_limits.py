@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .keys import KeyTemplate
+from ._keys import KeyTemplate
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..logs import configure_logging
+from .._logs import configure_logging
 from .exits import EXIT_OK
 from .loading import load_app
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Configure logging, load the App, and run a Worker over it until it stops."""
-    from ..worker import Worker
+    from .._worker import Worker
 
     configure_logging(args.log_level, args.log_format)
     app = load_app(args.app)
