@@ -18,7 +18,7 @@ The kinds of work alternate in small rounds, in a rotating order, so that a burs
 outside load lands on all of them. Each run is a fresh database; figures are min and
 median over ``--runs``; a ratio is the median (and range) of the per-run ratios.
 
-    python bench/steps.py [--jobs 1000] [--runs 5] [--rounds 10] [--mode run|worker]
+    python bench/steps.py [--jobs 500] [--runs 5] [--rounds 10] [--mode run|worker]
                           [--dir FOLDER] [--clock wall|cpu]
 """
 
@@ -267,7 +267,7 @@ def one_run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1000, help="0-step jobs per run")
+    parser.add_argument("--jobs", type=int, default=500, help="0-step jobs per run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--rounds",
