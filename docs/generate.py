@@ -19,6 +19,7 @@ import difflib
 import enum
 import importlib
 import inspect
+import pkgutil
 import re
 import sqlite3
 import sys
@@ -157,11 +158,15 @@ def format_signature(function: Callable[..., Any], *, skip_first: bool = True) -
 
 # store operations ------------------------------------------------------------------------
 #: Families of store operations, by name prefix, in the order the document shows them.
-#: The first matching prefix wins; an operation matching none gets a family named after
-#: its own prefix, and one without a noun (``migrate``) is part of the lifecycle.
+#: An operation goes to the family of the longest prefix it starts with; one matching none
+#: gets a family named after its own prefix, and one without a noun (``migrate``) is part
+#: of the lifecycle.
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Enqueue and read jobs", ("job_insert", "job_debounce", "job_get", "job_list")),
-    ("Claims and leases", ("job_claim", "job_idle", "job_heartbeat", "job_lease", "job_rescue")),
+    (
+        "Claims, leases and rescue",
+        ("job_claim", "job_idle", "job_heartbeat", "job_lease", "job_rescue", "job_get_expired"),
+    ),
     (
         "Outcomes: the fenced transition out of `running`",
         ("job_transition", "job_complete", "job_fail", "job_retry", "job_release", "job_park"),
@@ -178,9 +183,15 @@ LIFECYCLE = "Opening, closing and wake-ups"
 
 
 def family_of(name: str) -> str:
-    for title, prefixes in FAMILIES:
-        if name.startswith(prefixes):
-            return title
+    """The family an operation belongs to, by the longest prefix it starts with."""
+    matches = [
+        (len(prefix), title)
+        for title, prefixes in FAMILIES
+        for prefix in prefixes
+        if name.startswith(prefix)
+    ]
+    if matches:
+        return max(matches)[1]
     if "_" not in name.strip("_") or name in ("change_marker", "on_change"):
         return LIFECYCLE
     return f"`{name.split('_', 1)[0]}_*`"
@@ -267,6 +278,58 @@ def store_attributes() -> str:
                 ]
             )
     return "\n".join(table(["attribute", "default", "says"], rows))
+
+
+def store_classes() -> str:
+    """Every store class under ``stepstone.store``: what it writes itself, what it inherits."""
+    store = store_class()
+    package = importlib.import_module(f"{PACKAGE}.store")
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        try:
+            importlib.import_module(info.name)
+        except ImportError as exc:
+            raise GenerateError(
+                f"cannot import {info.name} ({exc}); install the dev and postgres extras "
+                "(`make .venv/.installed-dev`) before generating the document"
+            ) from exc
+    classes: list[type] = []
+    pending: list[type] = list(store.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith(f"{package.__name__}.") and cls not in classes:
+            classes.append(cls)
+    if not classes:
+        return "No store class is defined under `stepstone.store`."
+    public = {name for name, _, _ in _defined_members(store)}
+    rows = []
+    for cls in sorted(classes, key=lambda c: (len(c.__mro__), c.__module__, c.__name__)):
+        own = [name for name in vars(cls) if callable(getattr(cls, name, None))]
+        operations = sorted(name for name in own if name in public)
+        inherited = {
+            name
+            for base in cls.__mro__[1:]
+            if base is not object
+            for name in vars(base)
+            if name.startswith("_") and not name.startswith("__")
+        }
+        hooks = sorted(name for name in own if name in inherited)
+        bases = ", ".join(f"`{base.__name__}`" for base in cls.__bases__)
+        path = Path(inspect.getfile(cls)).resolve()
+        shown = path.relative_to(SRC.parent) if path.is_relative_to(SRC.parent) else path
+        abstract = " (abstract)" if inspect.isabstract(cls) else ""
+        rows.append(
+            [
+                f"`{cls.__name__}`{abstract}",
+                code(str(shown)),
+                bases,
+                str(len(operations)),
+                cell(", ".join(f"`{name}`" for name in operations)),
+                cell(", ".join(f"`{name}`" for name in hooks)),
+            ]
+        )
+    header = ["class", "module", "based on", "ops", "operations it writes itself"]
+    return "\n".join(table([*header, "base-class hooks it overrides"], rows))
 
 
 # record types ----------------------------------------------------------------------------
@@ -908,6 +971,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "layers": layer_list,
     "store-operations": store_operations,
     "store-attributes": store_attributes,
+    "store-classes": store_classes,
     "record-types": record_types,
     "migrations": migrations,
     "tables": schema_tables,
