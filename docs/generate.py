@@ -594,7 +594,7 @@ def _key_text(column: Column, table: Table) -> str:
 
 def render_table(table_: Table, notes: SqlNotes, origin: str) -> list[str]:
     said = " ".join(notes.tables.get(table_.name, []))
-    head = f"#### `{table_.name}`"
+    head = f"##### `{table_.name}`"
     lines = [head, "", f"{origin}{' ' + markdown(said) if said else ''}"]
     if table_.without_rowid:
         lines[-1] += " `WITHOUT ROWID`."
