@@ -715,6 +715,8 @@ def postgres_only() -> str:
 
 # modules and layers ----------------------------------------------------------------------
 RUNTIME, LAZY, TYPING = "runtime", "lazy", "typing"
+#: A module past this many lines is named in the module table's summary.
+LARGE_MODULE_LINES = 500
 _STRENGTH = {RUNTIME: 0, LAZY: 1, TYPING: 2}
 
 
@@ -915,9 +917,21 @@ def module_table() -> str:
         )
     total = sum(module.lines for module in modules.values())
     largest = max(modules.values(), key=lambda module: module.lines)
+    large = sorted(
+        (module for module in modules.values() if module.lines > LARGE_MODULE_LINES),
+        key=lambda module: -module.lines,
+    )
+    sizes = ", ".join(
+        f"`{module.path.relative_to(SRC.parent)}` ({module.lines})" for module in large
+    )
     lines = [
         f"{len(modules)} modules, {total} lines; the largest is "
-        f"`{largest.path.relative_to(SRC.parent)}` ({largest.lines} lines).",
+        f"`{largest.path.relative_to(SRC.parent)}` ({largest.lines} lines). "
+        + (
+            f"Over {LARGE_MODULE_LINES} lines: {sizes}."
+            if large
+            else f"None is over {LARGE_MODULE_LINES} lines."
+        ),
         "",
         *table(["module", "lines", "holds", "imports"], rows),
     ]
@@ -943,8 +957,8 @@ def layer_list() -> str:
         lines.append("No import cycle, counting every import (lazy and typing-only ones too).")
     else:
         lines.append(
-            f"{len(found)} import cycle(s), counting every import (lazy and typing-only ones "
-            "too); the modules of a cycle share a layer:"
+            f"{len(found)} import {'cycle' if len(found) == 1 else 'cycles'}, counting every "
+            "import (lazy and typing-only ones too); the modules of a cycle share a layer:"
         )
         lines.append("")
         for component in found:
