@@ -399,6 +399,36 @@ def record_types() -> str:
     return "\n".join(lines).strip("\n")
 
 
+def error_tree() -> str:
+    """The exceptions of ``stepstone.errors`` as a tree, with their first sentence."""
+    module = importlib.import_module(f"{PACKAGE}.errors")
+    classes = [
+        value
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__ == module.__name__
+    ]
+    classes.sort(key=lambda cls: inspect.getsourcelines(cls)[1])
+    ours = set(classes)
+    lines: list[str] = []
+
+    def show(cls: type, depth: int) -> None:
+        bases = cls.__bases__ if depth == 0 else cls.__bases__[1:]
+        names = ", ".join(f"`{base.__name__}`" for base in bases)
+        also = f" ({'from' if depth == 0 else 'also'} {names})" if bases else ""
+        summary = first_sentence(cls.__doc__)
+        lines.append(f"{'  ' * depth}- `{cls.__name__}`{also}: {summary}")
+        for child in classes:
+            if cls in child.__bases__ and child.__bases__[0] is cls:
+                show(child, depth + 1)
+
+    for cls in classes:
+        if cls.__bases__[0] not in ours:
+            show(cls, 0)
+    return "\n".join(lines)
+
+
 # tables ----------------------------------------------------------------------------------
 @dataclass
 class SqlNotes:
@@ -987,6 +1017,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "store-attributes": store_attributes,
     "store-classes": store_classes,
     "record-types": record_types,
+    "errors": error_tree,
     "migrations": migrations,
     "tables": schema_tables,
     "postgres-only": postgres_only,
