@@ -1,10 +1,20 @@
 """Rewrites the generated blocks of ``docs/architecture.md`` from the code.
 
 Each block sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` and is
-rebuilt from what the code says: the store operations from the ``Store`` class, the tables
-from the SQLite migrations applied to an in-memory database, the modules and their layers
-from the import graph, the record types from ``stepstone.types``. Nothing is hard-coded
-but the families operations are grouped in, so the tables follow the code as it changes.
+rebuilt from what the code says, so it cannot go stale:
+
+- ``modules`` and ``layers``: every module of ``src/stepstone`` (recursively), its size,
+  its docstring and the stepstone modules it imports (read with ``ast``), and the layers
+  and import cycles of that graph;
+- ``store-operations``, ``store-classes``, ``store-attributes``: the ``Store`` interface
+  by introspection, and every class under ``stepstone.store`` that implements it;
+- ``record-types`` and ``errors``: ``stepstone.types`` and ``stepstone.errors``;
+- ``migrations``, ``tables``, ``postgres-only``: the migration files, the SQLite schema
+  they build (applied in order to an in-memory database), and the functions, triggers
+  and views of the PostgreSQL migrations.
+
+Nothing names an operation, module or table: only the families operations are grouped in
+are written here (by name prefix), so the blocks follow the code as it is redesigned.
 
     python docs/generate.py           rewrite the blocks in place (``make docs``)
     python docs/generate.py --check   exit 1 with a diff when a block is stale
