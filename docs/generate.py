@@ -733,7 +733,8 @@ def postgres_only() -> str:
         for match in _PG_OBJECT.finditer(text):
             kind, name = match[1].lower(), match[2]
             if name in rows:
-                rows[name][2] += f", replaced by {code(path.name)}"
+                joiner = ", " if "replaced by" in rows[name][2] else ", replaced by "
+                rows[name][2] += joiner + code(path.name)
                 continue
             detail = ""
             if kind == "trigger":
