@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench bench-smoke bench-micro clean
+.PHONY: demo test lint typecheck pytest docs bench bench-smoke bench-micro clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ demo: $(VENV)/.installed-base
 	$(BIN)/stepstone demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples docs/generate.py
+	$(BIN)/ruff format --check src tests bench examples docs/generate.py
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src
@@ -36,6 +36,12 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -m "not pgrestart" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The generated blocks of docs/architecture.md (store operations, tables, modules and their
+# layers, record types), rebuilt from the code; tests/unit/test_architecture_doc.py fails
+# when they are stale.
+docs: $(VENV)/.installed-dev
+	$(BIN)/python docs/generate.py
 
 # Side by side with the peers (issue 6): their own virtual environment, bench/.venv-peers,
 # so that none of them ever becomes a dependency of stepstone. `make bench` is the full run
