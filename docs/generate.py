@@ -7,7 +7,7 @@ rebuilt from what the code says, so it cannot go stale:
   its docstring and the stepstone modules it imports (read with ``ast``), and the layers
   and import cycles of that graph;
 - ``store-operations``, ``store-classes``, ``store-attributes``: the ``Store`` interface
-  by introspection, and every class under ``stepstone.store`` that implements it;
+  by introspection, and every class under ``stepstone._store`` that implements it;
 - ``record-types`` and ``errors``: ``stepstone.types`` and ``stepstone.errors``;
 - ``migrations``, ``tables``, ``postgres-only``: the migration files, the SQLite schema
   they build (applied in order to an in-memory database), and the functions, triggers
@@ -208,7 +208,7 @@ def family_of(name: str) -> str:
 
 
 def store_class() -> type:
-    module = importlib.import_module(f"{PACKAGE}.store.base")
+    module = importlib.import_module(f"{PACKAGE}._store.base")
     store: type = module.Store
     return store
 
@@ -291,9 +291,9 @@ def store_attributes() -> str:
 
 
 def store_classes() -> str:
-    """Every store class under ``stepstone.store``: what it writes itself, what it inherits."""
+    """Every store class under ``stepstone._store``: what it writes itself, what it inherits."""
     store = store_class()
-    package = importlib.import_module(f"{PACKAGE}.store")
+    package = importlib.import_module(f"{PACKAGE}._store")
     for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
         try:
             importlib.import_module(info.name)
@@ -310,7 +310,7 @@ def store_classes() -> str:
         if cls.__module__.startswith(f"{package.__name__}.") and cls not in classes:
             classes.append(cls)
     if not classes:
-        return "No store class is defined under `stepstone.store`."
+        return "No store class is defined under `stepstone._store`."
     public = {name for name, _, _ in _defined_members(store)}
     rows = []
     for cls in sorted(classes, key=lambda c: (len(c.__mro__), c.__module__, c.__name__)):
@@ -610,7 +610,7 @@ def sqlite_from_migrations() -> sqlite3.Connection:
 
 def store_made_tables() -> dict[str, Table]:
     """The tables a SQLite store creates on opening, migrations and its own bookkeeping."""
-    store_module = importlib.import_module(f"{PACKAGE}.store")
+    store_module = importlib.import_module(f"{PACKAGE}._store")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "schema.db"
         store_module.open_store(f"sqlite:///{path}").close()
