@@ -60,7 +60,7 @@ def test_an_unknown_or_missing_block_is_refused(generate: ModuleType, tmp_path: 
 
 def test_every_store_operation_is_listed(generate: ModuleType) -> None:
     """Each public method of Store appears in the operations block, with its signature."""
-    from stepstone.store.base import Store
+    from stepstone._store.base import Store
 
     listed = generate.store_operations()
     public = [

@@ -195,10 +195,23 @@ class PostgresStore(Connected, SQLStore):
             "lease_until": lease_until,
             "limited": list(limited),
         }
-        claimed = rows.claimed_jobs(self._fetch("job_claim_due", params))
-        if limited and len(claimed) < limit:
+        if not limited:
+            return rows.claimed_jobs(self._fetch("job_claim_due", params))
+        # Priority orders both kinds together: the limited jobs that rank among the best
+        # `limit` due jobs are claimed first (under their keys' locks), then the unlimited
+        # jobs fill the remaining places, as the single SQLite statement does.
+        ahead = self._fetch("unlimited_due_ranks", params)
+        claimed = self._claim_limited(
+            {
+                **params,
+                "ahead_priority": [row["priority"] for row in ahead],
+                "ahead_run_at": [row["run_at"] for row in ahead],
+            }
+        )
+        if len(claimed) < limit:
             params = {**params, "limit": limit - len(claimed)}
-            claimed += self._claim_limited(params)
+            claimed += rows.claimed_jobs(self._fetch("job_claim_due", params))
+            claimed.sort(key=lambda job: -job.priority)  # stable: due time within a priority
         return claimed
 
     def _claim_limited(self, params: dict[str, Any]) -> list[ClaimedJob]:

@@ -77,6 +77,17 @@ RETURNING j.id, j.name, j.queue, j.key, j.args::text AS args, j.fence, j.attempt
           extract(epoch FROM j.created_at)::float8 AS created_at,
           extract(epoch FROM j.started_at)::float8 AS started_at;
 
+-- name: unlimited_due_ranks
+-- The priority and due time of the best due jobs without a limit, read (not locked) so that
+-- a claim of limited jobs leaves their places to them.
+SELECT priority, extract(epoch FROM run_at)::float8 AS run_at FROM {schema}.jobs
+WHERE state IN ('queued', 'waiting') AND run_at <= to_timestamp(%(now)s)
+  AND name = ANY(%(names)s::text[])
+  AND (%(any_queue)s OR queue = ANY(%(queues)s::text[]))
+  AND (concurrency_key IS NULL OR NOT (name = ANY(%(limited)s::text[])))
+ORDER BY priority DESC, run_at
+LIMIT %(limit)s;
+
 -- name: limited_due_keys
 -- The concurrency keys of due limited jobs that are below their limit.
 SELECT DISTINCT j.concurrency_key AS key FROM {schema}.jobs AS j
@@ -115,10 +126,22 @@ ranked AS (
     SELECT c.*, row_number() OVER (
         PARTITION BY c.concurrency_key ORDER BY c.priority DESC, c.run_at) AS rank
     FROM candidates AS c),
+eligible AS (
+    SELECT ranked.id, ranked.priority, ranked.run_at,
+           row_number() OVER (ORDER BY ranked.priority DESC, ranked.run_at) AS position
+    FROM ranked LEFT JOIN running USING (concurrency_key)
+    WHERE ranked.rank + coalesce(running.n, 0) <= ranked.concurrency_limit),
 due AS (
-    SELECT ranked.id FROM ranked LEFT JOIN running USING (concurrency_key)
-    WHERE ranked.rank + coalesce(running.n, 0) <= ranked.concurrency_limit
-    ORDER BY ranked.priority DESC, ranked.run_at
+    -- A limited job is claimed only if it is among the best `limit` due jobs of both
+    -- kinds: the unlimited jobs ranked ahead of it (read just before) take their places.
+    SELECT e.id FROM eligible AS e
+    WHERE e.position + (
+        SELECT count(*) FROM unnest(%(ahead_priority)s::int[], %(ahead_run_at)s::float8[])
+            AS a(priority, run_at)
+        WHERE a.priority > e.priority
+           OR (a.priority = e.priority AND a.run_at < extract(epoch FROM e.run_at))
+    ) <= %(limit)s
+    ORDER BY e.priority DESC, e.run_at
     LIMIT %(limit)s)
 UPDATE {schema}.jobs AS j
 SET state = 'running', fence = j.fence + 1,
