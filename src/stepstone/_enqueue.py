@@ -26,7 +26,7 @@ from ._keys import KeyTemplate, check_key
 from ._runner import current_run
 from ._schedule import MAX_CATCH_UP
 from ._serialization import dumps
-from .errors import KeyConflict, StepstoneError
+from .errors import InvalidKey, KeyConflict, StepstoneError
 from .types import InsertResult, JobRecord, NewJob
 
 if TYPE_CHECKING:
@@ -68,6 +68,16 @@ def build_row(
     """The row of one new job: every column, the key checked."""
     if key is not None:
         check_key(key, what="job key")
+    if "\x00" in queue:
+        raise ValueError(
+            f"queue name {queue!r} holds a NUL character (\\x00), which no store can keep "
+            "in text; choose a queue name without it"
+        )
+    if concurrency_key is not None and "\x00" in concurrency_key:
+        raise InvalidKey(
+            f"the concurrency key {concurrency_key!r} of job {name} holds a NUL character "
+            "(\\x00), which no store can keep in text; render the Limit's key without it"
+        )
     return NewJob(
         id=new_job_id(),
         name=name,
