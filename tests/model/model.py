@@ -344,6 +344,7 @@ class Model:
                 job.error = poison_error(job.id, job.reclaims)
                 job.finished_at = now
                 job.errors.append(ErrorRecord(job.attempts, None, None, job.error, now))
+                self._wake_waiters(job, now=now)
                 poisoned.add(job.index)
             else:
                 job.state = JobState.QUEUED
@@ -443,6 +444,14 @@ class Model:
         job.updated_at = now
         if finished:
             job.finished_at = now
+            self._wake_waiters(job, now=now)
+
+    def _wake_waiters(self, child: ModelJob, *, now: float) -> None:
+        """A job that finishes wakes the jobs waiting for it (at once, as replays)."""
+        event = f"{JOB_EVENT_PREFIX}{child.id}"
+        for job in self.jobs:
+            if job.state is JobState.WAITING and job.wait_event == event:
+                job.state, job.run_at, job.updated_at = JobState.QUEUED, now, now
 
     # operations --------------------------------------------------------------------------
     def cancel(self, job: ModelJob, *, now: float) -> bool:

@@ -25,8 +25,8 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter
 
 #: Runs with the suite: a few dozen short histories (well under a minute on both stores).
 BOUNDED = settings(
-    max_examples=30,
-    stateful_step_count=25,
+    max_examples=60,
+    stateful_step_count=30,
     deadline=None,
     database=None,
     suppress_health_check=_SLOW_OK,
@@ -41,12 +41,14 @@ LONG = settings(
 )
 
 
+@pytest.mark.timeout(900)  # a failure is shrunk to a short history: that takes minutes
 def test_stores_agree_with_the_model(drivers: list[StoreDriver], shared_clock: FakeClock) -> None:
     """SQLite and PostgreSQL do what the model says for random histories (bounded run)."""
     run_state_machine_as_test(lambda: StoresAgree(drivers, shared_clock), settings=BOUNDED)
 
 
 @pytest.mark.model_long
+@pytest.mark.timeout(0)
 def test_stores_agree_with_the_model_long(
     drivers: list[StoreDriver], shared_clock: FakeClock
 ) -> None:
