@@ -593,10 +593,10 @@ class StoresAgree(RuleBasedStateMachine):
             self.check_enqueue(
                 kind, model, spec, error, result, written=commit and result.error is None
             )
-            if result.error is None and not commit:
-                assert app.store.job_get(result.value.id) is None or (
-                    result.value.id in model.by_id
-                ), f"{kind}: a job enqueued in a rolled back transaction exists"
+            if result.error is None and not commit and result.value.id not in model.by_id:
+                assert not driver.jobs([result.value.id]), (
+                    f"{kind}: a job enqueued in a rolled back transaction exists"
+                )
         self.same_errors("enqueue on the caller's connection", results)
 
     # what a worker does --------------------------------------------------------------------------
@@ -882,6 +882,8 @@ class StoresAgree(RuleBasedStateMachine):
         """Every job record, and the history of every job touched, is as the model says."""
         dirty, self.dirty = self.dirty, set()
         for kind, driver, model in self.pairs:
+            extra = driver.all_job_ids() - set(model.by_id)
+            assert not extra, f"{kind}: the store holds jobs the model does not: {extra}"
             stored = {r.id: r for r in driver.jobs([j.id for j in model.jobs])}
             for job in model.jobs:
                 got = stored.get(job.id)
