@@ -33,7 +33,7 @@ typecheck: $(VENV)/.installed-dev
 # the whole suite on 2 processes.
 pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m pgrestart || [ $$? -eq 5 ]
-	$(BIN)/python -m pytest -n 2 -m "not pgrestart" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not pgrestart and not model_long" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
