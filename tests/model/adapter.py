@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from stepstone import App
-from stepstone._maintenance import rescue_expired
-from stepstone.store.base import poison_error
+from stepstone._maintenance import poison_error, rescue_expired
 from stepstone.types import Checkpoint, ClaimedJob, ErrorRecord, JobRecord, Outcome, Rescue
 
 __all__ = ["StoreDriver", "poison_error"]

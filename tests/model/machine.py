@@ -41,15 +41,7 @@ OWNERS = ("worker-a", "worker-b")
 #: one is listed here, the state machine steers around it (so that it can find others),
 #: and its pinned test in ``test_divergences.py`` fails: once the stores agree, that test
 #: says to remove the entry, which puts the inputs back into the state machine.
-STEERED_AROUND = frozenset(
-    {
-        # PostgreSQL refuses a queue name holding NUL with a raw StoreError; SQLite keeps it.
-        "queue-nul",
-        # PostgreSQL claims every due job without a limit before any limited one, whatever
-        # their priorities; SQLite claims in priority order across both.
-        "claim-limited-last",
-    }
-)
+STEERED_AROUND: frozenset[str] = frozenset()
 
 
 def declare_jobs(app: App) -> None:

@@ -2,7 +2,7 @@
 
 One ``Model`` follows one store: it knows the ids that store gave its jobs (job ``i`` is the
 ``i``-th job created, whatever its id) and predicts every record, checkpoint, error and
-claim. The rules written here are the contract of ``stepstone.store.base.Store`` as the
+claim. The rules written here are the contract of ``stepstone._store.base.Store`` as the
 docs and the conformance suite state it, written without SQL.
 
 A claim may legitimately choose between jobs that tie (same priority and due time, or the
@@ -91,6 +91,9 @@ class ModelJob:
             finished_at=self.finished_at,
             parent_id=None,
             wait_event=self.wait_event,
+            concurrency_key=self.concurrency_key,
+            concurrency_limit=self.concurrency_limit,
+            debounce_key=self.debounce_key,
         )
 
     def checkpoint_list(self) -> list[Checkpoint]:
