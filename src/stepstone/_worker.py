@@ -111,10 +111,14 @@ class Worker:
         if self._stop.is_set() or now:
             self._hard_stop.set()
         self._stop.set()
+        self._mark_stopping()
+        self.wake()
+
+    def _mark_stopping(self) -> None:
+        """Tell this worker's runs to stop at their next step boundary."""
         for run in self.runtime.lease_keeper.active():
             if (run.job_id, run.fence) in self.running:
                 run.stopping = True
-        self.wake()
 
     def wake(self) -> None:
         """Look for due jobs now rather than at the next poll."""
@@ -305,7 +309,7 @@ class Worker:
 
     async def _claim(self, names: list[str]) -> list[ClaimedJob]:
         free = self.concurrency - len(self.running)
-        if free <= 0 or not names:
+        if free <= 0 or not names or self._stop.is_set():
             return []
         held: list[ClaimedJob] = []
         stale: list[ClaimedJob] = []
@@ -347,6 +351,12 @@ class Worker:
             await asyncio.sleep(min(1.0, runtime.lease / 4))
             return []
         self.claimed_total += len(claimed)
+        if self._stop.is_set():
+            # Stopped while this claim ran: it may hold a job that one of this worker's own
+            # runs released at its step boundary a moment ago. Give them all back.
+            for job in claimed:
+                await self._release(job.id, job.fence)
+            return []
         for job in claimed[free:]:
             lease = HeldLease(job)
             self._held[job.id] = lease
@@ -510,16 +520,16 @@ class Worker:
         if not self.running:
             await self._flush_successes()
             return
-        for run in self.runtime.lease_keeper.active():
-            if (run.job_id, run.fence) in self.running:
-                run.stopping = True
         assert self._loop is not None
         deadline = self._loop.time() + self.shutdown_grace
         while self.running and not self._hard_stop.is_set():
+            # Again each time: a run started just before the stop registers its lease (and
+            # so can be told to stop) only once its thread or task begins.
+            self._mark_stopping()
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 break
-            await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.1))
+            await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.01))
         if self.running:
             await self._release_all()
         await self._flush_successes()
