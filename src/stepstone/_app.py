@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from . import _enqueue
 from ._clock import Clock, SystemClock
+from ._declare import (
+    check_job_options,
+    check_step_options,
+    define_job,
+    define_step,
+    define_transaction,
+    resolve_job,
+)
 from ._enqueue import BATCH_SIZE, new_job_id
 from ._enqueue import seconds as _seconds
 from ._handle import Enqueued, JobHandle
 from ._job import DEFAULT_QUEUE, JobDefinition
 from ._keys import check_key
 from ._limits import Limit, Rate
-from ._retry import DEFAULT_JOB_RETRY, DEFAULT_STEP_RETRY, Retry
+from ._retry import Retry
 from ._run_now import run_now
 from ._runtime import Runtime
-from ._schedule import Schedule
 from ._serialization import dumps
 from ._step import StepDefinition, TransactionStep
 from ._store import Store, open_store
 from ._store.urls import mask_password
-from .errors import JobNotFound, StepstoneError, UnknownJob
+from .errors import JobNotFound, StepstoneError
 from .types import JOB_EVENT_PREFIX, MemoRecord
 
 P = ParamSpec("P")
@@ -43,17 +48,6 @@ _OPTIONS = {
     "pool_size",
     "store",
 }
-
-
-def _declaring_scope() -> dict[str, Any] | None:
-    """The local names of the user code that applies a decorator, for resolving its type
-    hints later (a class declared in a function body). None at module level."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("stepstone."):
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None or frame.f_locals is frame.f_globals:
-        return None
-    return dict(frame.f_locals)
 
 
 class App:
@@ -207,38 +201,22 @@ class App:
         ``"all"`` runs each of them, ``"skip"`` runs none of them (the tick that was already
         queued when the workers stopped runs late in every case).
         """
-        if isinstance(concurrency, int) and not isinstance(concurrency, bool):
-            concurrency = Limit(concurrency)
-        if concurrency is not None and not isinstance(concurrency, Limit):
-            raise TypeError(f"concurrency= takes Limit(n, key=) or an int, not {concurrency!r}")
-        if timeout is not None and _seconds(timeout) <= 0:
-            raise ValueError("timeout must be positive")
+        limit, timeout_seconds = check_job_options(concurrency, timeout)
 
         def register(function: Callable[P, R]) -> JobDefinition[P, R]:
-            job_name = name or f"{function.__module__}.{function.__qualname__}"
-            if name is None and function.__module__ == "__main__":
-                warnings.warn(
-                    f"job {function.__qualname__} is defined in __main__ without name=; a "
-                    "worker that imports your module will know it by another name. Pass "
-                    "@app.job(name=...).",
-                    stacklevel=3,
-                )
-            definition = JobDefinition(
+            definition = define_job(
                 function,
-                localns=_declaring_scope(),
-                name=job_name,
+                name=name,
                 queue=queue,
-                retry=retry.with_defaults(DEFAULT_JOB_RETRY) if retry else DEFAULT_JOB_RETRY,
+                retry=retry,
+                timeout=timeout_seconds,
                 priority=priority,
-                timeout=_seconds(timeout) if timeout is not None else None,
-                concurrency=concurrency,
-                schedule=(
-                    Schedule(cron, timezone=timezone, missed=missed, fn=function, name=job_name)
-                    if cron is not None
-                    else None
-                ),
+                concurrency=limit,
+                cron=cron,
+                timezone=timezone,
+                missed=missed,
             )
-            self.jobs[job_name] = definition
+            self.jobs[definition.name] = definition
             self._functions[function] = definition
             return definition
 
@@ -284,25 +262,20 @@ class App:
         with ``StepTimeout``, releasing its lease. ``rate`` (``Rate(n, per=, key=)``) limits
         how often the body runs across all workers.
         """
-        if timeout is not None and _seconds(timeout) <= 0:
-            raise ValueError("timeout must be positive")
-        if rate is not None and not isinstance(rate, Rate):
-            raise TypeError(f"rate= takes Rate(n, per=, key=), not {rate!r}")
+        timeout_seconds, rate = check_step_options(timeout, rate)
 
         def register(function: Callable[P, R]) -> StepDefinition[P, R]:
-            step_name = name or function.__name__
-            definition = StepDefinition(
+            definition = define_step(
                 self._runtime,
                 function,
-                name=step_name,
-                retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
-                localns=_declaring_scope(),
+                name=name,
+                retry=retry,
                 key=key,
-                ttl=_seconds(ttl) if ttl is not None else None,
-                timeout=_seconds(timeout) if timeout is not None else None,
+                ttl=ttl,
+                timeout=timeout_seconds,
                 rate=rate,
             )
-            self.steps[step_name] = definition
+            self.steps[definition.name] = definition
             return definition
 
         return register(fn) if fn is not None else register
@@ -331,41 +304,14 @@ class App:
         also writes the step's checkpoint: its writes happen exactly once."""
 
         def register(function: Callable[Concatenate[Any, P], R]) -> TransactionStep[P, R]:
-            step_name = name or function.__name__
-            definition: TransactionStep[P, R] = TransactionStep(
-                self._runtime,
-                function,
-                name=step_name,
-                retry=retry.with_defaults(DEFAULT_STEP_RETRY) if retry else DEFAULT_STEP_RETRY,
-                localns=_declaring_scope(),
-            )
-            self.steps[step_name] = definition
+            definition = define_transaction(self._runtime, function, name=name, retry=retry)
+            self.steps[definition.name] = definition
             return definition
 
         return register(fn) if fn is not None else register
 
     def _definition(self, job: Any) -> JobDefinition[Any, Any]:
-        if isinstance(job, JobDefinition):
-            found = self.jobs.get(job.name)
-            if found is None:
-                raise UnknownJob(
-                    f"job {job.name} is declared on another App, not on this one ({self.url})"
-                )
-            return found
-        if isinstance(job, str):
-            found = self.jobs.get(job)
-            if found is None:
-                raise UnknownJob(
-                    f"no job named {job!r} is registered in this process; known jobs: "
-                    f"{sorted(self.jobs) or 'none'}. Import the module that declares it."
-                )
-            return found
-        if callable(job) and job in self._functions:
-            return self._functions[job]
-        label = getattr(job, "__qualname__", repr(job))
-        raise UnknownJob(
-            f"{label} is not a job of this App: decorate it with @app.job before enqueueing it"
-        )
+        return resolve_job(job, self.jobs, self._functions, self.url)
 
     # enqueueing -------------------------------------------------------------------------
     def enqueue(

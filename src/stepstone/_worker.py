@@ -9,24 +9,22 @@ runs user code.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import functools
 import signal
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
+from ._claim_ahead import ClaimAhead
 from ._enqueue import keep_schedule
 from ._execute import execute_async, execute_sync
 from ._frames import logger
-from ._lease import HeldLease
 from ._maintenance import rescue_expired
 from ._runtime import Runtime, RuntimeOwner, runtime_of
 from ._threads import DaemonThreads
 from .errors import JobCancelled, LeaseLost, StoreError
-from .types import ClaimedJob, IdleStatus, JobState, Outcome
+from .types import ClaimedJob, IdleStatus, Outcome
 
 #: How often an idle worker asks the store whether anything changed.
 _CHANGE_CHECK_SECONDS = 0.005
@@ -36,10 +34,6 @@ BLOCKED_RETRY_SECONDS = 0.25
 PREFETCH_MAX = 64
 #: How long a stopping worker waits for the successes it handed to the flusher.
 FLUSH_TIMEOUT = 30.0
-#: Jobs claimed ahead only while this worker's jobs take at most this long on average.
-PREFETCH_MAX_SECONDS = 0.05
-#: At most this much work (by the recent average run time) is held claimed ahead.
-PREFETCH_HOLD_SECONDS = 0.25
 
 if TYPE_CHECKING:
     from ._job import JobDefinition
@@ -96,11 +90,10 @@ class Worker:
         )
         #: At most how many jobs a claim may take beyond the free slots, while jobs are short.
         self.prefetch = 0 if prefetch is None else prefetch
-        self._buffer: collections.deque[ClaimedJob] = collections.deque()
-        self._held: dict[str, HeldLease] = {}
-        self._started_at: dict[tuple[str, int], float] = {}
-        #: The average run time of this worker's recent jobs (None before the first).
-        self._average_seconds: float | None = None
+        #: The jobs claimed ahead of the free slots.
+        self.claim_ahead = ClaimAhead(
+            runtime, self.owner, self.prefetch, limited=bool(self._limited)
+        )
 
     # control ----------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -111,10 +104,14 @@ class Worker:
         if self._stop.is_set() or now:
             self._hard_stop.set()
         self._stop.set()
+        self._mark_stopping()
+        self.wake()
+
+    def _mark_stopping(self) -> None:
+        """Tell this worker's runs to stop at their next step boundary."""
         for run in self.runtime.lease_keeper.active():
             if (run.job_id, run.fence) in self.running:
                 run.stopping = True
-        self.wake()
 
     def wake(self) -> None:
         """Look for due jobs now rather than at the next poll."""
@@ -291,43 +288,16 @@ class Worker:
             waiters[0].cancel()
             self._wake.clear()
 
-    def _ahead(self) -> int:
-        """How many jobs the next claim may take beyond its free slots."""
-        average = self._average_seconds
-        if self._limited or self._stop.is_set() or average is None:
-            return 0
-        if average > PREFETCH_MAX_SECONDS:
-            return 0
-        # Hold no more than PREFETCH_HOLD_SECONDS of this worker's work, so that jobs it
-        # claimed ahead never wait long while other workers could have run them.
-        fits = int(PREFETCH_HOLD_SECONDS * self.concurrency / max(average, 1e-6))
-        return max(0, min(self.prefetch, fits))
-
     async def _claim(self, names: list[str]) -> list[ClaimedJob]:
         free = self.concurrency - len(self.running)
-        if free <= 0 or not names:
+        if free <= 0 or not names or self._stop.is_set():
             return []
-        held: list[ClaimedJob] = []
-        stale: list[ClaimedJob] = []
-        while self._buffer and len(held) + len(stale) < free:
-            job = self._buffer.popleft()
-            lease = self._held.pop(job.id, None)
-            if lease is None:
-                continue
-            self.runtime.lease_keeper.discard(lease)
-            if lease.interrupt is not None:  # cancelled, or its lease was lost
-                continue
-            # Held for longer than a heartbeat interval (this process may have been frozen
-            # past its lease): make sure the job is still ours before running it.
-            old = time.monotonic() - lease.since > self.runtime.lease / 3
-            (stale if old else held).append(job)
-        if stale:
-            held += await self._still_ours(stale)
+        held = await self.claim_ahead.take(free)
         if held:
             return held
         runtime = self.runtime
         now = runtime.clock.now()
-        ahead = self._ahead()
+        ahead = self.claim_ahead.how_many(self.concurrency)
         try:
             claimed = await runtime.call_store(
                 lambda: runtime.store.job_claim_due(
@@ -347,35 +317,14 @@ class Worker:
             await asyncio.sleep(min(1.0, runtime.lease / 4))
             return []
         self.claimed_total += len(claimed)
-        for job in claimed[free:]:
-            lease = HeldLease(job)
-            self._held[job.id] = lease
-            self._buffer.append(job)
-            runtime.lease_keeper.add(lease)
-        return claimed[:free]
-
-    async def _still_ours(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
-        runtime = self.runtime
-        try:
-            records = await runtime.call_store(
-                lambda: runtime.store.job_get_many(ids=[job.id for job in jobs])
-            )
-        except StoreError:
+        if self._stop.is_set():
+            # Stopped while this claim ran: it may hold a job that one of this worker's own
+            # runs released at its step boundary a moment ago. Give them all back.
+            for job in claimed:
+                await self._release(job.id, job.fence)
             return []
-        now = runtime.clock.now()
-        found = {record.id: record for record in records}
-        kept = []
-        for job in jobs:
-            record = found.get(job.id)
-            if (
-                record is not None
-                and record.state == JobState.RUNNING
-                and record.fence == job.fence
-                and record.lease_owner == self.owner
-                and (record.lease_expires_at or 0) > now
-            ):
-                kept.append(job)
-        return kept
+        self.claim_ahead.hold(claimed[free:])
+        return claimed[:free]
 
     async def _release(self, job_id: str, fence: int) -> bool:
         """Give a job this worker holds back, due now (fenced); False if it was not ours
@@ -397,15 +346,6 @@ class Worker:
             )
             return False
         return True
-
-    async def _release_held(self) -> None:
-        """Give back the jobs claimed ahead and not started (shutdown)."""
-        while self._buffer:
-            job = self._buffer.popleft()
-            lease = self._held.pop(job.id, None)
-            if lease is not None:
-                self.runtime.lease_keeper.discard(lease)
-            await self._release(job.id, job.fence)
 
     async def _keep_schedules(self, scheduled: list[JobDefinition[Any, Any]]) -> None:
         """Enqueue the next tick of every cron job this worker serves."""
@@ -481,18 +421,14 @@ class Worker:
             future = asyncio.wrap_future(started)
             self.running[(job.id, job.fence)] = future
             threads.submit(lambda: execute_sync(self.runtime, job, defer=True), started)
-        if self.prefetch:  # the run-time average only decides how far to claim ahead
-            assert self._loop is not None
-            self._started_at[(job.id, job.fence)] = self._loop.time()
+        assert self._loop is not None
+        self.claim_ahead.started((job.id, job.fence), self._loop.time())
         future.add_done_callback(functools.partial(self._done, job.id, job.fence))
 
     def _done(self, job_id: str, fence: int, future: asyncio.Future[Any]) -> None:
         self.running.pop((job_id, fence), None)
-        started = self._started_at.pop((job_id, fence), None)
-        if started is not None and self._loop is not None:
-            took = self._loop.time() - started
-            average = self._average_seconds
-            self._average_seconds = took if average is None else 0.8 * average + 0.2 * took
+        if self._loop is not None:
+            self.claim_ahead.finished((job_id, fence), self._loop.time())
         if not future.cancelled() and future.exception() is not None:
             logger.error(
                 "job %s crashed the runner",
@@ -506,20 +442,20 @@ class Worker:
     async def _drain(self) -> None:
         """Shutdown: give back jobs claimed ahead, wait for running steps up to the grace
         period, then release the rest."""
-        await self._release_held()
+        await self.claim_ahead.give_back(self._release)
         if not self.running:
             await self._flush_successes()
             return
-        for run in self.runtime.lease_keeper.active():
-            if (run.job_id, run.fence) in self.running:
-                run.stopping = True
         assert self._loop is not None
         deadline = self._loop.time() + self.shutdown_grace
         while self.running and not self._hard_stop.is_set():
+            # Again each time: a run started just before the stop registers its lease (and
+            # so can be told to stop) only once its thread or task begins.
+            self._mark_stopping()
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 break
-            await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.1))
+            await asyncio.wait(list(self.running.values()), timeout=min(remaining, 0.01))
         if self.running:
             await self._release_all()
         await self._flush_successes()

@@ -104,13 +104,16 @@ def test_a_cron_schedule_survives_a_killed_worker(
     kill(worker)
     [(name, tick)] = app.store.schedule_list()
     again = spawn_worker(module="flowcrashapp", env_extra=env)
+    # Started (its signal handlers installed) before it is looked at and sent SIGTERM: a
+    # process still importing under load would die of the SIGTERM.
+    wait_for(lambda: " started: " in again.stderr(), what="the second worker to start")
     time.sleep(0.5)
     assert app.store.schedule_list() == [(name, tick)]
     ticks = [job for job in app.store.job_list(limit=10) if job.name == "flowcrash.tick"]
     assert [job.state for job in ticks] == ["queued"]
     assert ticks[0].run_at == tick
     again.signal(signal.SIGTERM)
-    assert again.wait() == 0
+    assert again.wait() == 0, again.stderr()
 
 
 def test_a_debounced_job_killed_mid_run_resumes_and_a_new_burst_makes_a_new_job(

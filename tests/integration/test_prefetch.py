@@ -97,7 +97,7 @@ def test_a_stopping_worker_gives_back_the_jobs_it_claimed_ahead(
         wait_for(lambda: all(j.state == "succeeded" for j in app.store.job_list(limit=50)))
         handles = app.enqueue_many(gated, [(n,) for n in range(10)])
         assert blocked.wait(10)
-        wait_for(lambda: worker._buffer, what="jobs claimed ahead")
+        wait_for(lambda: worker.claim_ahead.holding, what="jobs claimed ahead")
     finally:
         worker.stop()
         gate.set()
