@@ -1,4 +1,5 @@
-"""Tests for stepstone._serialization: canonical JSON, typed decoding, argument and error records."""
+"""Tests for stepstone._serialization: canonical JSON, typed decoding, argument and error
+records."""
 
 from __future__ import annotations
 
