@@ -12,7 +12,7 @@ same job with the same arguments) or a ``KeyConflict``.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -43,12 +43,15 @@ def seconds(value: float | timedelta) -> float:
 
 def new_job_id() -> str:
     """A UUID (version 7 layout): time-ordered, so new rows land at the end of the index."""
-    millis = time.time_ns() // 1_000_000
-    value = (millis << 80) | secrets.randbits(80)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    text = f"{value:032x}"
+    random = int.from_bytes(os.urandom(10)) & _RANDOM_BITS
+    text = f"{(time.time_ns() // 1_000_000) << 80 | _UUID7_BITS | random:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+#: The 80 low bits of a version 7 UUID, less its version (4 bits) and variant (2 bits)...
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+#: ...which are 7 and 0b10.
+_UUID7_BITS = (0x7 << 76) | (0x2 << 62)
 
 
 # building rows ---------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from typing import Any
 logger = logging.getLogger("stepstone")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per step attempt, frozen costs a setattr a field
 class StepFrame:
-    """The step being executed: its identity in the job's history."""
+    """The step being executed: its identity in the job's history (never changed)."""
 
     name: str
     ident: str

@@ -399,13 +399,14 @@ class JobRun:
     def _log_ending(self, ending: _Ending) -> None:
         action, cause = ending.action, ending.cause
         if action == "job.succeeded":
-            self.logger.info(
-                "job %s succeeded (%d step(s) run, %d replayed)",
-                self.job_id,
-                self.executed,
-                self.replayed,
-                extra={"action": action},
-            )
+            if self.logger.isEnabledFor(logging.INFO):
+                self.logger.info(
+                    "job %s succeeded (%d step(s) run, %d replayed)",
+                    self.job_id,
+                    self.executed,
+                    self.replayed,
+                    extra={"action": action},
+                )
         elif action == "job.released":
             self.logger.info(
                 "job %s released at a step boundary for shutdown",

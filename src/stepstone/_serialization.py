@@ -174,10 +174,15 @@ def _is_unchecked(type_: object) -> bool:
     return type_ is Any or type_ is object or type_ is inspect.Parameter.empty
 
 
+#: Annotations whose values, when exactly of that type, always load back as it (not
+#: ``float``: NaN and infinities are stored as null).
+_ROUND_TRIP = frozenset({int, str, bool})
+
+
 def dumps_result(value: object, type_: object) -> str:
     """Store a return value, checking that it loads back as its return annotation."""
     text = dumps(value)
-    if _is_unchecked(type_):
+    if (type(value) is type_ and type_ in _ROUND_TRIP) or _is_unchecked(type_):
         return text
     try:
         loads(text, type_)
@@ -301,8 +306,19 @@ class ArgumentCodec:
             params.append(_Param(param.name, param.kind, param.default, hint))
         return tuple(params)
 
+    @functools.cached_property
+    def _positional_names(self) -> tuple[str, ...] | None:
+        """The parameter names when each is plain positional-or-keyword (else None)."""
+        parameters = self.signature.parameters.values()
+        if all(param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for param in parameters):
+            return tuple(param.name for param in parameters)
+        return None
+
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map each parameter name to its value, defaults applied; TypeError if they do not fit."""
+        names = self._positional_names
+        if not kwargs and names is not None and len(args) == len(names):
+            return dict(zip(names, args, strict=True))  # what Signature.bind gives, cheaper
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -128,7 +128,7 @@ class StepDefinition(Generic[P, R]):
         self.rate_key = rate_key(rate, fn, name) if rate is not None else None
         functools.update_wrapper(self, fn)
 
-    @property
+    @functools.cached_property
     def return_type(self) -> object:
         """The return annotation that decodes stored values (resolved on first use)."""
         return self.codec.return_type

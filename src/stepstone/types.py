@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 class JobState(enum.StrEnum):
@@ -106,13 +107,19 @@ class ClaimedJob:
     started_at: float = 0.0
 
 
+#: A checkpoint's status: a step's result (``ok``) or its final error (``error``).
+CheckpointStatus = Literal["ok", "error"]
+#: What ``memo_acquire`` found: a stored value, the key now the caller's, or a live owner.
+MemoOutcome = Literal["hit", "acquired", "busy"]
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """One entry of a job's step history: a result (``ok``) or a final error (``error``)."""
 
     seq: int
     name: str
-    status: str
+    status: CheckpointStatus
     value: str
     attempts: int
     created_at: float
@@ -141,8 +148,7 @@ class MemoRecord:
 class MemoClaim:
     """What ``memo_acquire`` found: a stored value (hit), the key now ours, or a live owner."""
 
-    #: ``hit``, ``acquired`` or ``busy``.
-    outcome: str
+    outcome: MemoOutcome
     value: str | None = None
     #: When busy: the job computing the key. When acquired: the job whose claim was taken over.
     other_job: str | None = None
@@ -312,6 +318,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "WAIT_FOREVER",
     "Checkpoint",
+    "CheckpointStatus",
     "ClaimedJob",
     "Completion",
     "ErrorRecord",
@@ -321,6 +328,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "MemoClaim",
+    "MemoOutcome",
     "MemoRecord",
     "NewJob",
     "Outcome",

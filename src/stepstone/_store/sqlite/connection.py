@@ -54,6 +54,19 @@ class Connected:
     _readers: list[sqlite3.Connection]
     _closed: bool
     _write: StepConnection
+    #: The write connection of durable writes: ``synchronous=FULL`` for good, so a durable
+    #: commit needs no ``PRAGMA`` switch before and after it. The same connection as
+    #: ``_write`` in memory (one connection holds the database) and with
+    #: ``durability="full"`` (every commit is fsynced anyway). Both are used under ``_lock``.
+    _durable: StepConnection
+
+    def _open_writers(self) -> None:
+        self._write = self._connect()
+        self._durable = self._write
+        if not self.memory and not self.full:
+            self._durable = self._connect()
+            with self._translate():
+                self._durable.execute("PRAGMA synchronous=FULL")
 
     # connections ------------------------------------------------------------------------
     def _connect(self) -> StepConnection:
@@ -152,22 +165,15 @@ class Connected:
     def _writing(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
         """One write transaction; ``durable`` ones are fsynced on commit."""
         with self._lock, self._translate():
-            conn = self._write
-            switch = durable and not self.full
-            if switch:
-                conn.execute("PRAGMA synchronous=FULL")
+            conn = self._durable if durable else self._write
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                if switch:
-                    conn.execute("PRAGMA synchronous=NORMAL")
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
         if self.memory:
@@ -188,7 +194,7 @@ class Connected:
             if self._closed:
                 return
             self._closed = True
-            for conn in [self._write, *self._readers]:
+            for conn in {self._write, self._durable, *self._readers}:
                 conn.close()
             self._readers.clear()
 

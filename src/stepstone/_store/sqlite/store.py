@@ -1,7 +1,8 @@
 """The SQLite dialect of the SQL store: one SQLite file in WAL mode, safe for many
 processes on one machine.
 
-Writes go through one connection per process behind a lock, so the threads of a process
+Writes go through one connection per process behind a lock (a second one, fsynced on every
+commit, for the durable writes), so the threads of a process
 queue in Python rather than in SQLite's busy handler; other processes wait on SQLite's
 busy timeout. Reads use one connection per thread and never wait for writers (WAL).
 Enqueues and outcomes commit with ``synchronous=FULL`` (they survive power loss);
@@ -74,7 +75,7 @@ class SQLiteStore(Connected, SQLStore):
         self._closed = False
         if not self.memory:
             self._check_writable()
-        self._write: StepConnection = self._connect()
+        self._open_writers()
         if migrate:
             self.migrate()
 
@@ -83,7 +84,18 @@ class SQLiteStore(Connected, SQLStore):
         with self._writing(durable=durable) as conn:
             return work(conn, False)
 
-    _session = _transact  # writers are serialised: a session is one write transaction
+    def _session(self, work: Work[T], *, durable: bool = True) -> T:
+        # Each statement commits on its own (autocommit): a session's work is one write
+        # statement (then reads that classify it), so a transaction around it would only
+        # add BEGIN IMMEDIATE and COMMIT. Durable ones run on the FULL connection: the
+        # statement's own commit is fsynced.
+        with self._lock:
+            try:
+                return work(self._durable if durable else self._write, False)
+            except StepstoneError:
+                raise
+            except sqlite3.Error as exc:
+                raise self._store_error(exc) from exc
 
     def _query(self, name: str, params: dict[str, Any]) -> list[Any]:
         return self._read(self.Q[name], params)
