@@ -5,14 +5,23 @@ every dialect (the statements are the dialect's, by name)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import StepstoneError
 from ..types import JOB_EVENT_PREFIX, JobState, Outcome, OutcomeKind, Rescue, RescueDecision
 from . import rows
 
-if TYPE_CHECKING:
-    from ._sql import SQLStore
+
+class _Dialect(Protocol):
+    """What the fenced writes need of the SQL store they write for."""
+
+    #: The dialect's statements, by name.
+    Q: dict[str, str]
+
+    def _array(self, values: Sequence[Any]) -> Any: ...
+
+    def _lock_park(self, conn: Any, outcome: Outcome) -> None: ...
+
 
 #: The state a job is left in by each outcome: a retried write that finds its job there,
 #: with its own fence, had committed before its connection broke.
@@ -26,7 +35,7 @@ _WRITTEN_STATE: dict[OutcomeKind, tuple[str, ...]] = {
 
 
 def write_outcomes(
-    store: SQLStore, conn: Any, outcomes: Sequence[Outcome], now: float, retried: bool
+    store: _Dialect, conn: Any, outcomes: Sequence[Outcome], now: float, retried: bool
 ) -> dict[str, StepstoneError]:
     """Write every outcome whose fence owns its running job; the others' refusals."""
     written: set[str] = set()
@@ -66,7 +75,7 @@ def write_outcomes(
     return refused
 
 
-def _write_one(store: SQLStore, conn: Any, outcome: Outcome, now: float) -> bool:
+def _write_one(store: _Dialect, conn: Any, outcome: Outcome, now: float) -> bool:
     """Write one outcome other than a success; whether its fence owned the job."""
     job_id, fence, kind = outcome.job_id, outcome.fence, outcome.kind
     params: dict[str, Any] = {"id": job_id, "fence": fence, "now": now}
@@ -102,7 +111,7 @@ def _write_one(store: SQLStore, conn: Any, outcome: Outcome, now: float) -> bool
 
 
 def write_rescues(
-    store: SQLStore, conn: Any, decisions: Sequence[RescueDecision], now: float
+    store: _Dialect, conn: Any, decisions: Sequence[RescueDecision], now: float
 ) -> Rescue:
     """Write each decision while its lease is still expired under its fence; the ones
     written (requeued, poisoned)."""
