@@ -267,7 +267,7 @@ def test_no_engine_module_imports_the_app() -> None:
     import stepstone
 
     package = Path(stepstone.__file__).parent
-    above = {"__init__.py", "__main__.py", "app.py", "demo.py", "testing.py"}
+    above = {"__init__.py", "__main__.py", "_app.py", "_demo.py", "testing.py"}
     importers = []
     for path in sorted(package.glob("*.py")):
         if path.name in above:
@@ -276,6 +276,32 @@ def test_no_engine_module_imports_the_app() -> None:
             if isinstance(node, ast.ImportFrom):
                 target = "." * node.level + (node.module or "")
                 names = {alias.name for alias in node.names}
-                if target in {".app", "stepstone._app"} or (target == "." and "app" in names):
+                if target in {"._app", "stepstone._app"} or (target == "." and "_app" in names):
                     importers.append(path.name)
     assert importers == []
+
+
+def test_nothing_outside_the_app_touches_its_private_attributes() -> None:
+    """No module but _app.py reads or writes a private attribute of an App (``app._x``):
+    the engine gets what it needs from the Runtime."""
+    import ast
+
+    import stepstone
+
+    package = Path(stepstone.__file__).parent
+    touches = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "_app.py" and path.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and (
+                    (isinstance(node.value, ast.Name) and node.value.id == "app")
+                    or (isinstance(node.value, ast.Attribute) and node.value.attr == "app")
+                )
+            ):
+                touches.append(f"{path.relative_to(package)}:{node.lineno} app.{node.attr}")
+    assert touches == []
