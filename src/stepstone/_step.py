@@ -49,6 +49,13 @@ _SLEEP = 2
 _POLL = 3
 #: ``(_RELEASE, key)``: give the memo key up (shielded from cancellation).
 _RELEASE = 4
+#: ``(_BODY_OK, frame)``: run the body once, then write its "ok" checkpoint (a plain step's
+#: common case, one effect instead of two); returns ``(value, encoded)``, or
+#: ``(error, _REFUSED)`` when the checkpoint write failed (the body's value is dropped).
+_BODY_OK = 5
+
+#: The encoded value of a ``_BODY_OK`` whose checkpoint write raised instead.
+_REFUSED: Any = object()
 
 Effect = tuple[Any, ...]
 Attempts = Generator[Effect, Any, Any]
@@ -152,7 +159,7 @@ class StepDefinition(Generic[P, R]):
         attempts = self._attempts(run, seq, ident, args, kwargs)
         if self.is_async:
             return cast(R, _drive_async(self, run, attempts, args, kwargs))
-        return cast(R, _drive_sync(self, run, attempts, args, kwargs))
+        return _drive_sync(self, run, attempts, args, kwargs)
 
     def _plain_call(self, args: Any, kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
@@ -190,6 +197,8 @@ class StepDefinition(Generic[P, R]):
                 run.check()
                 yield (_POLL, delay)
                 delay = min(delay * 2, MEMO_POLL_MAX, run.runtime.poll_interval)
+        # A plain step writes its checkpoint in the same effect as its body.
+        plain = memo is None and not self.transactional
         try:
             attempt = 0
             while True:
@@ -208,7 +217,7 @@ class StepDefinition(Generic[P, R]):
                 frame = StepFrame(self.name, ident, seq, attempt, memo)
                 token = current_step.set(frame)
                 try:
-                    value, text = yield (_BODY, frame)
+                    value, text = yield (_BODY_OK if plain else _BODY, frame)
                 except _Interrupted as interrupted:
                     current_step.reset(token)
                     if interrupted.sticky:
@@ -225,12 +234,12 @@ class StepDefinition(Generic[P, R]):
                 current_step.reset(token)
                 if self.transactional:  # its checkpoint was written with its body
                     run.executed += 1
-                elif memo is None:
-                    yield (_STORE, run.checkpoint, (seq, ident, "ok", text, attempt))
-                else:
+                elif memo is not None:
                     kept = yield (_STORE, memo_complete, (run, frame, text, self.ttl))
                     if kept != text:  # another run stored the key first: its value wins
                         value = self._decode_memo(run, memo, kept)
+                elif text is _REFUSED:  # plain: the checkpoint write raised ``value``
+                    raise value
                 if debug:
                     run.logger.debug(
                         "step %s succeeded (attempt %d, %.1f ms)",
@@ -288,16 +297,24 @@ class StepDefinition(Generic[P, R]):
 
 
 def _drive_sync(
-    step: StepDefinition[Any, Any], run: JobRun, attempts: Attempts, args: Any, kwargs: Any
-) -> Any:
+    step: StepDefinition[Any, R], run: JobRun, attempts: Attempts, args: Any, kwargs: Any
+) -> R:
     """Perform the protocol's effects in this thread."""
     send = attempts.send
+    checkpoint = run.checkpoint
     try:
         effect = send(None)
         while True:
             try:
                 kind = effect[0]
-                if kind == _STORE:
+                if kind == _BODY_OK:
+                    frame = effect[1]
+                    result = step._body_sync(run, frame, args, kwargs)
+                    try:
+                        checkpoint(frame.seq, frame.ident, "ok", result[1], frame.attempt)
+                    except BaseException as refused:
+                        result = (refused, _REFUSED)
+                elif kind == _STORE:
                     result = effect[1](*effect[2])
                 elif kind == _BODY:
                     result = step._body_sync(run, effect[1], args, kwargs)
@@ -314,7 +331,8 @@ def _drive_sync(
                 continue
             effect = send(result)
     except StopIteration as stop:
-        return stop.value
+        value: R = stop.value
+        return value
 
 
 async def _drive_async(
@@ -328,7 +346,16 @@ async def _drive_async(
         while True:
             try:
                 kind = effect[0]
-                if kind == _STORE:
+                if kind == _BODY_OK:
+                    frame = effect[1]
+                    result = await step._body_async(run, frame, args, kwargs)
+                    try:
+                        await call_store(
+                            run.checkpoint, frame.seq, frame.ident, "ok", result[1], frame.attempt
+                        )
+                    except BaseException as refused:
+                        result = (refused, _REFUSED)
+                elif kind == _STORE:
                     result = await call_store(effect[1], *effect[2])
                 elif kind == _BODY:
                     result = await step._body_async(run, effect[1], args, kwargs)
