@@ -210,8 +210,16 @@ class Worker:
                 if not claimed and len(self.running) < self.concurrency:
                     status = await self._idle_status(names)
                     if self.until_idle and not self.running and not status.due:
-                        if status.running == 0:
+                        # A job made due by a write that committed after this look's clock
+                        # reading (a finished child waking its parent) counts as due.
+                        woken = (
+                            status.next_run_at is not None
+                            and status.next_run_at <= runtime.clock.now()
+                        )
+                        if status.running == 0 and not woken:
                             break
+                        if woken:
+                            timeout = 0.0
                     elif status.due:
                         # Due jobs this claim could not take: held at their concurrency
                         # limit, or locked by another claimer. Look again soon, not at once.
