@@ -166,15 +166,6 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
-    """A job's success to record, with the fencing token of the run that achieved it."""
-
-    job_id: str
-    fence: int
-    result: str
-
-
-@dataclass(frozen=True, slots=True)
 class InsertResult:
     """The job a key names, and whether this insert created it."""
 
@@ -320,7 +311,6 @@ __all__ = [
     "Checkpoint",
     "CheckpointStatus",
     "ClaimedJob",
-    "Completion",
     "ErrorRecord",
     "ExpiredLease",
     "IdleStatus",
