@@ -200,24 +200,16 @@ class PostgresStore(Connected, SQLStore):
         # Priority orders both kinds together: the limited jobs that rank among the best
         # `limit` due jobs are claimed first (under their keys' locks), then the unlimited
         # jobs fill the remaining places, as the single SQLite statement does.
-        ahead = self._fetch("unlimited_due_ranks", params)
-        claimed = self._claim_limited(
-            {
-                **params,
-                "ahead_priority": [row["priority"] for row in ahead],
-                "ahead_run_at": [row["run_at"] for row in ahead],
-            }
-        )
-        if len(claimed) < limit:
-            params = {**params, "limit": limit - len(claimed)}
-            claimed += rows.claimed_jobs(self._fetch("job_claim_due", params))
-            claimed.sort(key=lambda job: -job.priority)  # stable: due time within a priority
-        return claimed
+        taken = self._claim_limited(params)
+        if len(taken) < limit:
+            taken += self._fetch("job_claim_due", {**params, "limit": limit - len(taken)})
+        return rows.claimed_jobs(taken)
 
-    def _claim_limited(self, params: dict[str, Any]) -> list[ClaimedJob]:
+    def _claim_limited(self, params: dict[str, Any]) -> list[Row]:
         """Claim jobs with concurrency limits: lock the keys (a transaction-level advisory
         lock each, skipping keys another claimer holds), then count and claim in a new
-        statement, which sees every claim committed before the locks were taken."""
+        statement, which sees every claim committed before the locks were taken. A limited
+        job is taken only if it ranks among the best ``limit`` due jobs of both kinds."""
 
         def claim(conn: psycopg.Connection[Row], _retried: bool) -> list[Row]:
             with conn.transaction():
@@ -230,10 +222,17 @@ class PostgresStore(Connected, SQLStore):
                 ]
                 if not locked:
                     return []
-                found = {**params, "keys": locked, "scan": params["limit"] + LIMIT_SCAN}
+                ahead = conn.execute(self.Q["unlimited_due_ranks"], params).fetchall()
+                found = {
+                    **params,
+                    "keys": locked,
+                    "scan": params["limit"] + LIMIT_SCAN,
+                    "ahead_priority": [row["priority"] for row in ahead],
+                    "ahead_run_at": [row["run_at"] for row in ahead],
+                }
                 return conn.execute(self.Q["job_claim_limited"], found).fetchall()
 
-        return rows.claimed_jobs(self._run(claim))
+        return self._run(claim)
 
     def job_prune(self, *, finished_before: float, limit: int = 10_000) -> int:
         return self._statement("job_prune", {"before": finished_before, "limit": limit})
